@@ -1,0 +1,376 @@
+/*
+ * shardmap.h - the public contract of shardmap.
+ *
+ * shardmap maps (stream, partition key) to shard, owning cell and endpoints. Readers are
+ * lock-free (epoch sections); writers publish immutable versions with one atomic pointer
+ * store; deltas are all-or-nothing; all network work runs on a fixed worker pool.
+ *
+ * Conventions used in every comment below:
+ *   Returns:      SHARDMAP_OK (0) or a negative SHARDMAP_E* code.
+ *   Thread-safety: "MT-safe" (any thread, any time), "single writer" (serialised internally
+ *                 with other writers; readers never wait), "reader thread only" (the thread
+ *                 that owns the reader handle), "not thread-safe".
+ *   Ownership:    who frees what. Every close/free function accepts NULL.
+ *   Lifetime:     how long returned pointers stay valid.
+ *   Blocking:     never / may wait for a grace period / does I/O.
+ *
+ * Error values are pinned: a code, once released, never changes meaning.
+ */
+#ifndef SHARDMAP_H
+#define SHARDMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(SHARDMAP_BUILDING) && defined(__GNUC__)
+#define SHARDMAP_API __attribute__((visibility("default")))
+#else
+#define SHARDMAP_API
+#endif
+
+#define SHARDMAP_VERSION_MAJOR 0
+#define SHARDMAP_VERSION_MINOR 1
+#define SHARDMAP_VERSION_PATCH 0
+#define SHARDMAP_VERSION_STRING "0.1.0"
+
+/* The runtime version of the library, e.g. "0.1.0". Thread-safety: MT-safe. */
+SHARDMAP_API const char *shardmap_library_version(void);
+
+/* ---------------------------------------------------------------- errors */
+
+/* X(name, value, message). Values are pinned forever. */
+#define SHARDMAP_ERRNO_MAP(X)                                                            \
+	X(EINVAL, -1, "invalid argument")                                                    \
+	X(ENOMEM, -2, "out of memory")                                                       \
+	X(ENOENT, -3, "no such stream, shard or cell")                                       \
+	X(ESTALE, -4, "duplicate delta: version already applied")                            \
+	X(EGAP, -5, "missing versions: delta does not follow the current version")           \
+	X(ECONFLICT, -6, "invariant violated or concurrent write conflict")                  \
+	X(ECORRUPT, -7, "corrupt data: bad checksum or format")                              \
+	X(EIO, -8, "input/output error")                                                     \
+	X(ENOTREADY, -9, "map not ready: no version published yet")                          \
+	X(ETIMEDOUT, -10, "timed out")                                                       \
+	X(EBUSY, -11, "resource busy or limit reached")                                      \
+	X(ENOTSUP, -12, "operation not supported")
+
+enum {
+	SHARDMAP_OK = 0,
+#define SHARDMAP_ERRNO_ENUM_(name, value, msg) SHARDMAP_##name = (value),
+	SHARDMAP_ERRNO_MAP(SHARDMAP_ERRNO_ENUM_)
+#undef SHARDMAP_ERRNO_ENUM_
+};
+
+/* Text for an error code ("unknown error" for values not in the table).
+ * Thread-safety: MT-safe. Lifetime: static storage. */
+SHARDMAP_API const char *shardmap_strerror(int err);
+/* The constant's name, e.g. "SHARDMAP_EGAP" ("SHARDMAP_OK" for 0, "unknown" otherwise).
+ * Thread-safety: MT-safe. Lifetime: static storage. */
+SHARDMAP_API const char *shardmap_err_name(int err);
+
+/* Details of a failed apply, bootstrap or load. */
+typedef struct shardmap_error {
+	int code;           /* the same negative code the call returned */
+	size_t op_index;    /* index of the failing op in the batch, SIZE_MAX when none */
+	char message[256];  /* one line, names the op, the record and the reason */
+} shardmap_error;
+
+/* ---------------------------------------------------------------- hash keys */
+
+/* An unsigned 128-bit hash key: value = hi * 2^64 + lo. */
+typedef struct shardmap_hash {
+	uint64_t hi, lo;
+} shardmap_hash;
+
+#define SHARDMAP_HASH_XXH3 0 /* XXH3-128 of the key bytes: high64 << 64 | low64 (default) */
+#define SHARDMAP_HASH_MD5 1  /* MD5 of the key bytes read big-endian (Amazon Kinesis) */
+
+/* Longest decimal form: 2^128-1 has 39 digits; plus the terminating NUL. */
+#define SHARDMAP_HASH_DECIMAL_MAX 40
+
+/* Parse a decimal hash key in 0 .. 2^128-1 (digits only: no sign, no whitespace, no empty
+ * string; leading zeros are accepted up to 39 characters in all).
+ * Returns: 0; SHARDMAP_EINVAL for NULL, empty, a non-digit, a sign, whitespace, more than
+ * 39 characters or a value past 2^128-1 (shardmap_hash_parse_error names which).
+ * *out is unchanged on error.
+ * Thread-safety: MT-safe. Blocking: never. */
+SHARDMAP_API int shardmap_hash_parse(const char *decimal, shardmap_hash *out);
+
+/* The reason the last shardmap_hash_parse with this input failed, as static text
+ * ("empty", "not a digit at offset N" ...); NULL when the input parses.
+ * Thread-safety: MT-safe. Lifetime: static storage. */
+SHARDMAP_API const char *shardmap_hash_parse_error(const char *decimal);
+
+/* Format h in decimal (no leading zeros; "0" for zero) into out, NUL-terminated.
+ * Returns: the number of digits written (1..39). Thread-safety: MT-safe. */
+SHARDMAP_API int shardmap_hash_format(shardmap_hash h, char out[SHARDMAP_HASH_DECIMAL_MAX]);
+
+/* Compare: negative, zero or positive as a < b, a == b, a > b. Thread-safety: MT-safe. */
+SHARDMAP_API int shardmap_hash_cmp(shardmap_hash a, shardmap_hash b);
+
+/* Hash a partition key with SHARDMAP_HASH_XXH3 or SHARDMAP_HASH_MD5 (any other value is
+ * treated as XXH3). key may be NULL when len is 0. Thread-safety: MT-safe. Blocking: never. */
+SHARDMAP_API shardmap_hash shardmap_hash_key(int hash_fn, const void *key, size_t len);
+
+/* ---------------------------------------------------------------- the map */
+
+typedef struct shardmap shardmap;
+typedef struct shardmap_reader shardmap_reader;
+typedef struct shardmap_delta shardmap_delta;
+typedef struct shardmap_store shardmap_store;
+typedef struct shardmap_pool shardmap_pool;
+typedef struct shardmap_peers shardmap_peers;
+
+typedef struct shardmap_options {
+	size_t size;           /* sizeof(shardmap_options): lets the struct grow */
+	int use_arena;         /* nonzero (default): map memory from a dedicated jemalloc arena
+	                          when built with jemalloc; ignored otherwise */
+	double hint_rate;      /* stale-hint catch-ups per second (default 10) */
+	unsigned hint_burst;   /* token-bucket burst for catch-ups (default 5) */
+} shardmap_options;
+
+/* Fill *opt with the defaults (and opt->size). Thread-safety: MT-safe. */
+SHARDMAP_API void shardmap_options_init(shardmap_options *opt);
+
+/* Create an empty map (version 0, no streams; lookups answer SHARDMAP_ENOTREADY until a
+ * first version is published). opt may be NULL for the defaults.
+ * Returns: 0, SHARDMAP_EINVAL (bad options), SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe. Ownership: the caller closes *out with shardmap_close. */
+SHARDMAP_API int shardmap_open(shardmap **out, const shardmap_options *opt);
+
+/* Free the map and every version. All readers must be closed and all followers and peers
+ * stopped first. Accepts NULL. Thread-safety: not thread-safe (last call on m).
+ * Blocking: may wait for a grace period. */
+SHARDMAP_API void shardmap_close(shardmap *m);
+
+/* The currently published version (0 before the first publish).
+ * Thread-safety: MT-safe (a relaxed snapshot: a newer version may be published any time). */
+SHARDMAP_API uint64_t shardmap_version(const shardmap *m);
+
+/* ---------------------------------------------------------------- reading */
+
+/* One answer of a lookup. Every pointer stays valid until shardmap_read_end. */
+typedef struct shardmap_route {
+	uint64_t version;           /* the map version that answered */
+	const char *stream;
+	const char *shard_id;
+	shardmap_hash start, end;   /* inclusive range */
+	int open;                   /* 1 open, 0 closed */
+	const char *parent;         /* NULL = none */
+	const char *adjacent_parent; /* NULL = none */
+	const char *cell_id;
+	const char *const *endpoints; /* n_endpoints strings "host:port" */
+	size_t n_endpoints;
+} shardmap_route;
+
+/* Register the calling thread as a reader of m.
+ * Returns: 0, SHARDMAP_EINVAL, SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe. Ownership: the handle belongs to the calling thread only; close it
+ * with shardmap_reader_close before shardmap_close. Reader records are recycled. */
+SHARDMAP_API int shardmap_reader_open(shardmap *m, shardmap_reader **out);
+/* Unregister. Must not be inside a section. Accepts NULL.
+ * Thread-safety: reader thread only. */
+SHARDMAP_API void shardmap_reader_close(shardmap_reader *r);
+
+/* Enter / leave a read section. Lookups are only valid inside one; pointers they return stay
+ * valid until shardmap_read_end. Sections do not nest. Keep sections short: old versions
+ * are reclaimed only after every reader has left the sections that could see them.
+ * Thread-safety: reader thread only. Blocking: never (no lock, no atomic read-modify-write). */
+SHARDMAP_API void shardmap_read_begin(shardmap_reader *r);
+SHARDMAP_API void shardmap_read_end(shardmap_reader *r);
+
+/* Route a partition key: hash it with the stream's hash function, find the open shard whose
+ * range holds the hash. Call inside a read section.
+ * Returns: 0, SHARDMAP_ENOTREADY (nothing published), SHARDMAP_ENOENT (unknown stream),
+ * SHARDMAP_EINVAL (NULL arguments). Lifetime: *out valid until shardmap_read_end.
+ * Thread-safety: reader thread only. Blocking: never. */
+SHARDMAP_API int shardmap_route_key(shardmap_reader *r, const char *stream, const void *key,
+                                    size_t key_len, shardmap_route *out);
+/* Route an explicit hash key (Kinesis ExplicitHashKey). As shardmap_route_key. */
+SHARDMAP_API int shardmap_route_hash(shardmap_reader *r, const char *stream, shardmap_hash h,
+                                     shardmap_route *out);
+/* Find a shard by id, open or closed. As shardmap_route_key; SHARDMAP_ENOENT also for an
+ * unknown shard. */
+SHARDMAP_API int shardmap_find_shard(shardmap_reader *r, const char *stream,
+                                     const char *shard_id, shardmap_route *out);
+
+/* ---------------------------------------------------------------- deltas */
+
+/* A shard record as written into a delta. */
+typedef struct shardmap_shard {
+	const char *id;
+	shardmap_hash start, end;   /* inclusive, start <= end */
+	int open;                   /* 1 open, 0 closed */
+	const char *owner_cell;
+	const char *parent;          /* NULL = none */
+	const char *adjacent_parent; /* NULL = none */
+} shardmap_shard;
+
+/* A new empty delta from_version -> to_version (to_version > from_version).
+ * Returns: 0, SHARDMAP_EINVAL, SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe; a delta itself is not thread-safe while being built and may be
+ * read by many threads once built. Ownership: free with shardmap_delta_free. */
+SHARDMAP_API int shardmap_delta_new(uint64_t from_version, uint64_t to_version,
+                                    shardmap_delta **out);
+/* Append ops. Strings are copied. Arguments are checked now (SHARDMAP_EINVAL: NULL or empty
+ * name, id or endpoint, an endpoint without ":port", an unknown hash function, start > end,
+ * names longer than 255 bytes); invariants are checked when the delta is applied.
+ * Returns: 0, SHARDMAP_EINVAL, SHARDMAP_ENOMEM (the delta is unchanged on error).
+ * Thread-safety: not thread-safe on one delta. */
+SHARDMAP_API int shardmap_delta_put_cell(shardmap_delta *d, const char *cell_id,
+                                         const char *const *endpoints, size_t n_endpoints);
+SHARDMAP_API int shardmap_delta_delete_cell(shardmap_delta *d, const char *cell_id);
+SHARDMAP_API int shardmap_delta_put_stream(shardmap_delta *d, const char *stream, int hash_fn);
+SHARDMAP_API int shardmap_delta_delete_stream(shardmap_delta *d, const char *stream);
+SHARDMAP_API int shardmap_delta_put_shard(shardmap_delta *d, const char *stream,
+                                          const shardmap_shard *s);
+SHARDMAP_API int shardmap_delta_delete_shard(shardmap_delta *d, const char *stream,
+                                             const char *shard_id);
+/* Accessors. Thread-safety: MT-safe on a delta nobody is modifying. */
+SHARDMAP_API uint64_t shardmap_delta_from(const shardmap_delta *d);
+SHARDMAP_API uint64_t shardmap_delta_to(const shardmap_delta *d);
+SHARDMAP_API size_t shardmap_delta_count(const shardmap_delta *d);
+/* Free a delta and its copies of strings. Accepts NULL. */
+SHARDMAP_API void shardmap_delta_free(shardmap_delta *d);
+
+/* ---------------------------------------------------------------- writing */
+
+/* Apply a delta all-or-nothing: from_version must equal the current version.
+ * Returns: 0 (published); SHARDMAP_ESTALE (to_version <= current: duplicate, nothing
+ * changes); SHARDMAP_EGAP (from_version > current, or from_version < current < to_version);
+ * SHARDMAP_ECONFLICT (an invariant broke: why names the op index and reason);
+ * SHARDMAP_ENOMEM. On any error the published map is exactly as before.
+ * why may be NULL. Thread-safety: single writer. Blocking: never waits for readers. */
+SHARDMAP_API int shardmap_apply(shardmap *m, const shardmap_delta *d, shardmap_error *why);
+
+/* Kinesis-semantics plans against the current version: each returns a delta from the current
+ * version to the next (current + 1) that the caller applies or writes to a store; they change
+ * nothing themselves. Error messages name the violated rule (in *why where given).
+ * Returns: 0, SHARDMAP_EINVAL (bad arguments: n_shards 0, no owners...), SHARDMAP_ENOENT
+ * (unknown stream, shard or cell), SHARDMAP_ECONFLICT (a Kinesis rule forbids it: stream
+ * exists, shard closed, split point out of range, shards not adjacent), SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe. Ownership: caller frees *out with shardmap_delta_free. */
+SHARDMAP_API int shardmap_plan_create_stream(const shardmap *m, const char *stream, int hash_fn,
+                                             unsigned n_shards, const char *const *owner_cells,
+                                             size_t n_owners, shardmap_delta **out);
+SHARDMAP_API int shardmap_plan_split(const shardmap *m, const char *stream,
+                                     const char *shard_id, shardmap_hash new_start,
+                                     shardmap_delta **out);
+SHARDMAP_API int shardmap_plan_merge(const shardmap *m, const char *stream,
+                                     const char *shard_id, const char *adjacent_shard_id,
+                                     shardmap_delta **out);
+SHARDMAP_API int shardmap_plan_move(const shardmap *m, const char *stream, const char *shard_id,
+                                    const char *cell_id, shardmap_delta **out);
+/* The reason text of the last plan failure on this thread (static or thread-local storage),
+ * "" after a success. Thread-safety: MT-safe (per thread). */
+SHARDMAP_API const char *shardmap_plan_error(void);
+
+/* ---------------------------------------------------------------- stores */
+
+/* Open a store: "file:PATH" (a directory: snapshot + journal, the embedded default) or
+ * "etcd://HOST:PORT[,HOST:PORT...]/PREFIX".
+ * Returns: 0, SHARDMAP_EINVAL (bad URI), SHARDMAP_EIO, SHARDMAP_ECORRUPT, SHARDMAP_ENOTSUP.
+ * Thread-safety: MT-safe. Ownership: close with shardmap_store_close. Blocking: does I/O. */
+SHARDMAP_API int shardmap_store_open(const char *uri, shardmap_store **out);
+/* Append a delta (control plane). Its from_version must be the store's current version.
+ * Returns: 0, SHARDMAP_ECONFLICT (another writer got there first), SHARDMAP_EIO.
+ * Thread-safety: MT-safe. Blocking: does I/O. */
+SHARDMAP_API int shardmap_store_write(shardmap_store *s, const shardmap_delta *d);
+/* The store's current version. Blocking: does I/O. */
+SHARDMAP_API int shardmap_store_version(shardmap_store *s, uint64_t *out);
+/* Close. Stop followers first. Accepts NULL. */
+SHARDMAP_API void shardmap_store_close(shardmap_store *s);
+
+/* Read the whole store into a private version, validate, publish in one step. On failure
+ * the current map keeps serving and why says what is wrong.
+ * Thread-safety: single writer. Blocking: does I/O. */
+SHARDMAP_API int shardmap_bootstrap(shardmap *m, shardmap_store *s, shardmap_error *why);
+/* Keep m current from s (watch + apply) on pool p (p may be NULL for stores that need no
+ * network: the file store then uses one documented helper thread).
+ * Thread-safety: MT-safe. Ownership: stop with shardmap_unfollow before closing m or s. */
+SHARDMAP_API int shardmap_follow(shardmap *m, shardmap_store *s, shardmap_pool *p);
+SHARDMAP_API void shardmap_unfollow(shardmap *m);
+
+/* Warm start: save the current map to path atomically; load replaces the map with the file's.
+ * Thread-safety: save MT-safe, load single writer. Blocking: does I/O. */
+SHARDMAP_API int shardmap_snapshot_save(shardmap *m, const char *path);
+SHARDMAP_API int shardmap_snapshot_load(shardmap *m, const char *path, shardmap_error *why);
+
+/* ---------------------------------------------------------------- pool and peers */
+
+/* A fixed pool of worker threads (epoll loops with timers) for all network work.
+ * threads 0 means the default (2). Returns: 0, SHARDMAP_EINVAL, SHARDMAP_ENOMEM, SHARDMAP_EIO.
+ * Thread-safety: MT-safe. Ownership: close after every user of it has stopped. */
+SHARDMAP_API int shardmap_pool_open(unsigned threads, shardmap_pool **out);
+SHARDMAP_API void shardmap_pool_close(shardmap_pool *p);
+SHARDMAP_API unsigned shardmap_pool_threads(const shardmap_pool *p);
+
+typedef struct shardmap_peers_options {
+	size_t size;             /* sizeof(shardmap_peers_options) */
+	const char *listen;      /* "host:port" to accept peers on; port 0 picks a free one */
+	const char *node_id;     /* NULL: derived from the listen address */
+	unsigned fanout;         /* push targets per new version (default 3) */
+	unsigned interval_ms;    /* anti-entropy period (default 1000) */
+	unsigned ring;           /* recent deltas kept for pulls (default 256) */
+	unsigned max_inbound;    /* inbound connection cap (default 64) */
+	size_t send_queue_bytes; /* per-peer send queue cap (default 1 MiB) */
+	size_t max_frame_bytes;  /* frame size cap (default 16 MiB) */
+	const void *key;         /* shared HMAC-SHA256 key; NULL = no authentication */
+	size_t key_len;
+} shardmap_peers_options;
+
+SHARDMAP_API void shardmap_peers_options_init(shardmap_peers_options *o);
+SHARDMAP_API int shardmap_peers_start(shardmap *m, shardmap_pool *p,
+                                      const shardmap_peers_options *o, shardmap_peers **out);
+/* The bound listen address ("127.0.0.1:PORT"). Lifetime: until shardmap_peers_stop. */
+SHARDMAP_API const char *shardmap_peers_address(const shardmap_peers *ps);
+SHARDMAP_API int shardmap_peers_add(shardmap_peers *ps, const char *host_port);
+SHARDMAP_API int shardmap_peers_remove(shardmap_peers *ps, const char *host_port);
+SHARDMAP_API void shardmap_peers_stop(shardmap_peers *ps);
+
+/* A back-end said "not my shard": ask for a coalesced, rate-limited catch-up from the store
+ * the map follows; ignored when the map is already newer than seen_version.
+ * Returns: 0 (queued or coalesced), SHARDMAP_ESTALE (map already newer: nothing to do),
+ * SHARDMAP_EBUSY (rate-limited), SHARDMAP_ENOTSUP (map follows no store).
+ * Thread-safety: MT-safe. Blocking: never. */
+SHARDMAP_API int shardmap_hint_stale(shardmap *m, const char *stream, const char *shard_id,
+                                     uint64_t seen_version);
+
+/* ---------------------------------------------------------------- observability */
+
+typedef struct shardmap_stats {
+	uint64_t version;
+	uint64_t streams, open_shards, closed_shards, cells;
+	uint64_t applies;              /* deltas published */
+	uint64_t rejects_stale, rejects_gap, rejects_conflict, rejects_nomem, rejects_invalid;
+	uint64_t readers;              /* registered reader handles */
+	uint64_t versions_retired;     /* versions replaced and queued for reclamation */
+	uint64_t versions_freed;       /* of those, freed after their grace period */
+	uint64_t reclaim_backlog;      /* retired - freed */
+	uint64_t last_update_unix_ns;  /* wall clock of the last publish, 0 if none */
+	uint64_t resident_bytes;       /* the map arena's resident bytes (0 without jemalloc) */
+	uint64_t threads;              /* threads the library owns for this map */
+	/* store follower */
+	uint64_t store_version;        /* last version seen in the store */
+	uint64_t store_requests, store_errors, hints, hints_coalesced, hints_dropped;
+	uint64_t stale_ns;             /* time since the follower last heard from its store */
+	/* peers */
+	uint64_t peers_known, peers_connected, frames_in, frames_out, frames_refused,
+	    peer_queue_drops, antientropy_pulls, versions_behind, digest_mismatches;
+} shardmap_stats;
+
+/* Fill *out (fields appended in later versions; never removed).
+ * Returns: 0, SHARDMAP_EINVAL. Thread-safety: MT-safe. Blocking: never. */
+SHARDMAP_API int shardmap_stats_get(const shardmap *m, shardmap_stats *out);
+/* Write the stats in Prometheus text exposition format (names shardmap_*).
+ * Returns: bytes written (excluding NUL) or SHARDMAP_EINVAL / SHARDMAP_ENOMEM when len is too
+ * small (buf then holds a truncated NUL-terminated prefix). Thread-safety: MT-safe. */
+SHARDMAP_API int shardmap_metrics_text(const shardmap *m, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,2 @@
+/* apply.c - not written yet. */
+#include "shardmap.h"

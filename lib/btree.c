@@ -1,0 +1,2 @@
+/* btree.c - not written yet. */
+#include "shardmap.h"

@@ -1,0 +1,50 @@
+/*
+ * btree.h - a persistent B+-tree of a stream's open shards, keyed by range start.
+ *
+ * The open shards of a stream partition the hash space, so the shard holding hash h is the
+ * entry with the greatest start <= h. Nodes are cache-line friendly (16-way, start keys
+ * split into hi and lo arrays so the common search touches only the hi words). Changes go
+ * through a transaction (txn.h) and copy only the root-to-leaf paths they touch.
+ */
+#ifndef SHARDMAP_BTREE_H
+#define SHARDMAP_BTREE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shardmap.h"
+#include "txn.h"
+
+struct shardmap__btree {
+	void *root;      /* NULL when empty */
+	unsigned height; /* 0 when empty, 1 = root is a leaf */
+	size_t count;
+};
+
+/* The value with the greatest start <= h, NULL if none. Thread-safety: any thread on a
+ * published or private tree. Blocking: never; no writes. */
+const void *shardmap__btree_find(const struct shardmap__btree *t, shardmap_hash h);
+/* The value stored exactly at start, NULL if none. */
+const void *shardmap__btree_get(const struct shardmap__btree *t, shardmap_hash start);
+/* The entry with the smallest start > key (*next_start set), NULL if none. */
+const void *shardmap__btree_next(const struct shardmap__btree *t, shardmap_hash key,
+                                 shardmap_hash *next_start);
+/* The entry with the greatest start < key (*prev_start set), NULL if none. */
+const void *shardmap__btree_prev(const struct shardmap__btree *t, shardmap_hash key,
+                                 shardmap_hash *prev_start);
+
+/* Insert or replace the value at start; *old gets the replaced value or NULL.
+ * Returns 0 or SHARDMAP_ENOMEM. */
+int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree,
+                        shardmap_hash start, const void *value, const void **old);
+/* Remove the entry at start. Returns 0, SHARDMAP_ENOENT, SHARDMAP_ENOMEM. */
+int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
+                        shardmap_hash start, const void **old);
+
+/* In start order, until fn returns nonzero; returns that value. */
+int shardmap__btree_foreach(const struct shardmap__btree *t,
+                            int (*fn)(void *ctx, shardmap_hash start, const void *value),
+                            void *ctx);
+void shardmap__btree_free_nodes(struct shardmap__mem *mem, struct shardmap__btree *t);
+
+#endif

@@ -1,0 +1,2 @@
+/* codec.c - not written yet. */
+#include "shardmap.h"

@@ -1,0 +1,2 @@
+/* hamt.c - not written yet. */
+#include "shardmap.h"

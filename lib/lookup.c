@@ -1,0 +1,2 @@
+/* lookup.c - not written yet. */
+#include "shardmap.h"

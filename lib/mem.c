@@ -1,0 +1,2 @@
+/* mem.c - not written yet. */
+#include "shardmap.h"

@@ -1,0 +1,43 @@
+/*
+ * mem.h - where map memory comes from.
+ *
+ * Every record and node of a map version is allocated here: from a dedicated jemalloc arena
+ * per map (mallocx with MALLOCX_ARENA) when the build has jemalloc and the map asked for it,
+ * from malloc otherwise (sanitizer and valgrind builds). Freed versions return to the same
+ * arena, and the arena's statistics give the map's resident bytes.
+ *
+ * A test hook makes the n-th allocation from now fail, so tests can show that every
+ * allocation point of an apply leaves the published map unchanged and leaks nothing.
+ */
+#ifndef SHARDMAP_MEM_H
+#define SHARDMAP_MEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct shardmap__mem {
+	unsigned arena;   /* jemalloc arena index, valid when use_arena */
+	int use_arena;
+	int flags;        /* mallocx flags for this arena */
+};
+
+/* Set up mem (creates the arena when asked and available). Returns 0 or SHARDMAP_ENOMEM. */
+int shardmap__mem_init(struct shardmap__mem *mem, int use_arena);
+/* Release the arena (all its allocations must have been freed). */
+void shardmap__mem_fini(struct shardmap__mem *mem);
+
+/* NULL on failure (real or injected). Thread-safety: MT-safe. */
+void *shardmap__alloc(struct shardmap__mem *mem, size_t size);
+void *shardmap__calloc(struct shardmap__mem *mem, size_t size);
+/* Accepts NULL. */
+void shardmap__free(struct shardmap__mem *mem, void *p);
+/* Resident bytes of the map's arena (0 without jemalloc). */
+uint64_t shardmap__mem_resident(struct shardmap__mem *mem);
+
+/* Test hook: make the n-th allocation from now fail (1 = the next one); 0 disables.
+ * Process-wide (tests run one map at a time). */
+void shardmap__mem_fail_after(long n);
+/* Allocations made through shardmap__alloc/calloc since the process started. */
+long shardmap__mem_allocs(void);
+
+#endif

@@ -1,0 +1,2 @@
+/* peers.c - not written yet. */
+#include "shardmap.h"

@@ -1,0 +1,2 @@
+/* ratelimit.c - not written yet. */
+#include "shardmap.h"

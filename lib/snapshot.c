@@ -1,0 +1,2 @@
+/* snapshot.c - not written yet. */
+#include "shardmap.h"

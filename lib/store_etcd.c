@@ -1,0 +1,2 @@
+/* store_etcd.c - not written yet. */
+#include "shardmap.h"

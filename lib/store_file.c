@@ -1,0 +1,2 @@
+/* store_file.c - not written yet. */
+#include "shardmap.h"

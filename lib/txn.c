@@ -1,0 +1,2 @@
+/* txn.c - not written yet. */
+#include "shardmap.h"

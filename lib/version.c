@@ -1,0 +1,2 @@
+/* version.c - not written yet. */
+#include "shardmap.h"

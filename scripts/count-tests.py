@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Count test cases from meson's testlog.json files.
+
+A test speaking TAP (the Criterion suites) counts one case per 'ok'/'not ok' line; a test
+that failed without reporting a failing case counts one more failure (it crashed or timed
+out). A plain executable counts as one case. Prints 'N passed, M failed' for all the logs.
+"""
+import json
+import re
+import sys
+
+passed = failed = 0
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            t = json.loads(line)
+            result = t.get("result", "")
+            if result == "SKIP":
+                continue
+            ok = result in ("OK", "EXPECTEDFAIL")
+            out = t.get("stdout") or ""
+            n_ok = len(re.findall(r"^ok \d+", out, re.M))
+            n_fail = len(re.findall(r"^not ok \d+", out, re.M))
+            if n_ok or n_fail:
+                passed += n_ok
+                failed += n_fail
+                if not ok and n_fail == 0:
+                    failed += 1
+            elif ok:
+                passed += 1
+            else:
+                failed += 1
+            if not ok:
+                print(f"FAILED: {t.get('name')} ({result}) in {path}", file=sys.stderr)
+print(f"{passed} passed, {failed} failed")
