@@ -197,6 +197,20 @@ SHARDMAP_API int shardmap_route_hash(shardmap_reader *r, const char *stream, sha
 SHARDMAP_API int shardmap_find_shard(shardmap_reader *r, const char *stream,
                                      const char *shard_id, shardmap_route *out);
 
+/* Visit a stream's shards: the open ones in range order, then the closed ones (in no
+ * particular order), until fn returns nonzero. Call inside a read section.
+ * Returns: 0, fn's nonzero value, SHARDMAP_ENOTREADY, SHARDMAP_ENOENT, SHARDMAP_EINVAL.
+ * Lifetime: *rt valid until shardmap_read_end. Thread-safety: reader thread only.
+ * Blocking: never. Work: visits every shard of the stream. */
+SHARDMAP_API int shardmap_foreach_shard(shardmap_reader *r, const char *stream,
+                                        int (*fn)(void *ctx, const shardmap_route *rt),
+                                        void *ctx);
+/* Visit every stream (in no particular order) with its hash function, until fn returns
+ * nonzero. As shardmap_foreach_shard. */
+SHARDMAP_API int shardmap_foreach_stream(shardmap_reader *r,
+                                         int (*fn)(void *ctx, const char *stream, int hash_fn),
+                                         void *ctx);
+
 /* ---------------------------------------------------------------- deltas */
 
 /* A shard record as written into a delta. */

@@ -1,2 +1,559 @@
-/* codec.c - not written yet. */
-#include "shardmap.h"
+/*
+ * codec.c - the one binary codec for deltas, for the file store (snapshot and journal),
+ * warm-start snapshots and peer frames. The format is specified in docs/codec.md: a 16-byte
+ * header (magic, format version, flags, body length, header check), a body (versions, op
+ * count, ops) and an XXH3-64 trailer over header and body, all integers little-endian.
+ *
+ * The decoder treats its input as hostile. Every length, count and offset is checked
+ * against the bytes that remain before it is used; a count is also bounded by the smallest
+ * encoding one item can have, and arrays grow with what has actually been decoded, so the
+ * memory a record can make us allocate is proportional to its real size. Every malformed
+ * input gets SHARDMAP_ECORRUPT and a message naming the field and offset; an incomplete one
+ * gets the "need more bytes" answer so stream readers (journal, peer sockets) can wait.
+ * Encoding is canonical: decode(x) re-encodes to exactly x (the fuzz target checks this).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "codec.h"
+
+static const uint8_t codec_magic[4] = {'S', 'M', 'A', 'P'};
+#define CODEC_FORMAT 1u
+#define BODY_FIXED 20u         /* from u64, to u64, n_ops u32 */
+#define MIN_OP_BYTES 3u        /* kind + length + one byte of name: delete_stream/cell */
+#define MIN_ENDPOINT_BYTES 4u  /* length + "h:1" */
+#define SHARD_FLAG_OPEN 0x1u
+#define SHARD_FLAG_PARENT 0x2u
+#define SHARD_FLAG_ADJACENT 0x4u
+#define SHARD_FLAGS_KNOWN 0x7u
+
+/* ---------------------------------------------------------------- little-endian access */
+
+static void put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get_u16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (unsigned)p[1] << 8);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	uint32_t v = 0;
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* The header check: the low 32 bits of XXH3-64 over the first 12 header bytes. It lets a
+ * reader tell a corrupt length from a record that is merely incomplete (a torn tail). */
+static uint32_t header_check(const uint8_t *h)
+{
+	return (uint32_t)XXH3_64bits(h, 12);
+}
+
+/* ---------------------------------------------------------------- encoding */
+
+/* Bytes of a string field, or 0 if s cannot be encoded (NULL, empty, over 255 bytes). */
+static size_t str_size(const char *s)
+{
+	if (s == NULL)
+		return 0;
+	size_t n = strlen(s);
+	return n == 0 || n > SHARDMAP__NAME_MAX ? 0 : 1 + n;
+}
+
+/* Encoded size of op, or 0 if it cannot be encoded. */
+static size_t op_size(const struct shardmap__op *op)
+{
+	size_t n = 1, s;
+	switch (op->kind) {
+	case SHARDMAP__OP_PUT_STREAM:
+		return (s = str_size(op->stream)) ? n + s + 1 : 0;
+	case SHARDMAP__OP_DELETE_STREAM:
+		return (s = str_size(op->stream)) ? n + s : 0;
+	case SHARDMAP__OP_DELETE_SHARD:
+		if ((s = str_size(op->stream)) == 0)
+			return 0;
+		n += s;
+		return (s = str_size(op->id)) ? n + s : 0;
+	case SHARDMAP__OP_DELETE_CELL:
+		return (s = str_size(op->id)) ? n + s : 0;
+	case SHARDMAP__OP_PUT_SHARD: {
+		const char *strs[5] = {op->stream, op->id, op->owner_cell, op->parent,
+		                       op->adjacent_parent};
+		n += 1 + 32;
+		for (int i = 0; i < 5; i++) {
+			if (i >= 3 && strs[i] == NULL)
+				continue;
+			if ((s = str_size(strs[i])) == 0)
+				return 0;
+			n += s;
+		}
+		return n;
+	}
+	case SHARDMAP__OP_PUT_CELL:
+		if ((s = str_size(op->id)) == 0 || op->n_endpoints == 0 ||
+		    op->n_endpoints > UINT16_MAX)
+			return 0;
+		n += s + 2;
+		for (size_t i = 0; i < op->n_endpoints; i++) {
+			if ((s = str_size(op->endpoints[i])) == 0)
+				return 0;
+			n += s;
+		}
+		return n;
+	}
+	return 0;
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s)
+{
+	size_t n = strlen(s);
+	*p++ = (uint8_t)n;
+	memcpy(p, s, n);
+	return p + n;
+}
+
+static uint8_t *put_op(uint8_t *p, const struct shardmap__op *op)
+{
+	*p++ = (uint8_t)op->kind;
+	switch (op->kind) {
+	case SHARDMAP__OP_PUT_STREAM:
+		p = put_str(p, op->stream);
+		*p++ = (uint8_t)op->hash_fn;
+		break;
+	case SHARDMAP__OP_DELETE_STREAM:
+		p = put_str(p, op->stream);
+		break;
+	case SHARDMAP__OP_DELETE_SHARD:
+		p = put_str(p, op->stream);
+		p = put_str(p, op->id);
+		break;
+	case SHARDMAP__OP_DELETE_CELL:
+		p = put_str(p, op->id);
+		break;
+	case SHARDMAP__OP_PUT_SHARD:
+		p = put_str(p, op->stream);
+		p = put_str(p, op->id);
+		*p++ = (uint8_t)((op->open ? SHARD_FLAG_OPEN : 0) |
+		                 (op->parent ? SHARD_FLAG_PARENT : 0) |
+		                 (op->adjacent_parent ? SHARD_FLAG_ADJACENT : 0));
+		put_u64(p, op->start.hi);
+		put_u64(p + 8, op->start.lo);
+		put_u64(p + 16, op->end.hi);
+		put_u64(p + 24, op->end.lo);
+		p += 32;
+		p = put_str(p, op->owner_cell);
+		if (op->parent)
+			p = put_str(p, op->parent);
+		if (op->adjacent_parent)
+			p = put_str(p, op->adjacent_parent);
+		break;
+	case SHARDMAP__OP_PUT_CELL:
+		p = put_str(p, op->id);
+		put_u16(p, (uint16_t)op->n_endpoints);
+		p += 2;
+		for (size_t i = 0; i < op->n_endpoints; i++)
+			p = put_str(p, op->endpoints[i]);
+		break;
+	}
+	return p;
+}
+
+int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len)
+{
+	if (d == NULL || buf == NULL || len == NULL || d->n_ops > UINT32_MAX)
+		return SHARDMAP_EINVAL;
+	size_t body = BODY_FIXED;
+	for (size_t i = 0; i < d->n_ops; i++) {
+		size_t n = op_size(&d->ops[i]);
+		if (n == 0)
+			return SHARDMAP_EINVAL;
+		body += n;
+		if (body > SHARDMAP__CODEC_MAX_BODY)
+			return SHARDMAP_EINVAL;
+	}
+	size_t total = SHARDMAP__CODEC_HEADER_BYTES + body + SHARDMAP__CODEC_TRAILER_BYTES;
+	uint8_t *out = malloc(total);
+	if (out == NULL)
+		return SHARDMAP_ENOMEM;
+
+	memcpy(out, codec_magic, 4);
+	put_u16(out + 4, CODEC_FORMAT);
+	put_u16(out + 6, 0);
+	put_u32(out + 8, (uint32_t)body);
+	put_u32(out + 12, header_check(out));
+	uint8_t *p = out + SHARDMAP__CODEC_HEADER_BYTES;
+	put_u64(p, d->from_version);
+	put_u64(p + 8, d->to_version);
+	put_u32(p + 16, (uint32_t)d->n_ops);
+	p += BODY_FIXED;
+	for (size_t i = 0; i < d->n_ops; i++)
+		p = put_op(p, &d->ops[i]);
+	put_u64(p, XXH3_64bits(out, (size_t)(p - out)));
+	*buf = out;
+	*len = total;
+	return SHARDMAP_OK;
+}
+
+/* ---------------------------------------------------------------- framing */
+
+/* Check the frame at buf: header fields, length limit, completeness, checksum, the fixed
+ * body fields. On success *body and *body_len describe the body and *consumed the record. */
+static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, size_t *body_len,
+                       size_t *consumed, shardmap_error *why)
+{
+	*consumed = 0;
+	if (len == 0)
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX, "incomplete record: no "
+		                           "bytes yet");
+	/* Check what is there even before the header is complete, so that garbage is reported
+	 * as soon as possible instead of waiting for bytes that will never make sense. */
+	size_t have = len < 4 ? len : 4;
+	if (memcmp(buf, codec_magic, have) != 0)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "bad magic at offset 0 (not a shardmap record)");
+	if (len >= 6 && get_u16(buf + 4) != CODEC_FORMAT)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "unsupported format version %u at offset 4 (this build "
+		                           "reads version %u)",
+		                           get_u16(buf + 4), CODEC_FORMAT);
+	if (len < SHARDMAP__CODEC_HEADER_BYTES)
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
+		                           "incomplete record: %zu of %u header bytes", len,
+		                           SHARDMAP__CODEC_HEADER_BYTES);
+	if (get_u16(buf + 6) != 0)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "reserved header flags 0x%04x set at offset 6",
+		                           get_u16(buf + 6));
+	if (get_u32(buf + 12) != header_check(buf))
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "header check mismatch at offset 12 (corrupt header)");
+	uint32_t blen = get_u32(buf + 8);
+	if (blen > SHARDMAP__CODEC_MAX_BODY)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "body length %u at offset 8 exceeds the limit %u", blen,
+		                           SHARDMAP__CODEC_MAX_BODY);
+	if (blen < BODY_FIXED)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "body length %u at offset 8 is below the minimum %u",
+		                           blen, BODY_FIXED);
+	size_t total = SHARDMAP__CODEC_HEADER_BYTES + blen + SHARDMAP__CODEC_TRAILER_BYTES;
+	if (len < total) {
+		*consumed = total;
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
+		                           "incomplete record: %zu of %zu bytes", len, total);
+	}
+	size_t sum_at = SHARDMAP__CODEC_HEADER_BYTES + blen;
+	uint64_t stored = get_u64(buf + sum_at), computed = XXH3_64bits(buf, sum_at);
+	if (stored != computed)
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "checksum mismatch at offset %zu (stored %016llx, "
+		                           "computed %016llx)",
+		                           sum_at, (unsigned long long)stored,
+		                           (unsigned long long)computed);
+	const uint8_t *b = buf + SHARDMAP__CODEC_HEADER_BYTES;
+	if (get_u64(b + 8) <= get_u64(b))
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                           "to_version %llu is not above from_version %llu",
+		                           (unsigned long long)get_u64(b + 8),
+		                           (unsigned long long)get_u64(b));
+	*body = b;
+	*body_len = blen;
+	*consumed = total;
+	return SHARDMAP_OK;
+}
+
+int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
+                         size_t *consumed, shardmap_error *why)
+{
+	const uint8_t *body;
+	size_t blen, used;
+	if (buf == NULL && len > 0)
+		return SHARDMAP_EINVAL;
+	int rc = frame_check(buf, len, &body, &blen, &used, why);
+	if (consumed)
+		*consumed = used;
+	if (rc != 0)
+		return rc;
+	if (from)
+		*from = get_u64(body);
+	if (to)
+		*to = get_u64(body + 8);
+	return SHARDMAP_OK;
+}
+
+/* ---------------------------------------------------------------- decoding ops */
+
+/* A bounded cursor over the body. Offsets in messages are from the start of the record. */
+struct cursor {
+	const uint8_t *p, *end, *base;
+	size_t op;            /* index of the op being decoded */
+	const char *op_name;  /* its kind's name */
+	shardmap_error *why;
+};
+
+static size_t offset(const struct cursor *c)
+{
+	return (size_t)(c->p - c->base);
+}
+
+static int truncated(struct cursor *c, const char *what)
+{
+	return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+	                           "op %zu (%s): %s truncated at offset %zu (record ends early)",
+	                           c->op, c->op_name, what, offset(c));
+}
+
+static int take_u8(struct cursor *c, const char *what, uint8_t *v)
+{
+	if (c->end - c->p < 1)
+		return truncated(c, what);
+	*v = *c->p++;
+	return 0;
+}
+
+static int take_u64(struct cursor *c, const char *what, uint64_t *v)
+{
+	if (c->end - c->p < 8)
+		return truncated(c, what);
+	*v = get_u64(c->p);
+	c->p += 8;
+	return 0;
+}
+
+/* A string field into a fresh heap copy: length 1..255, bytes that shardmap__check_name
+ * (or, for endpoints, shardmap__check_endpoint) accepts, no embedded NUL. */
+static int take_str(struct cursor *c, const char *what, int endpoint, char **out)
+{
+	size_t at = offset(c);
+	uint8_t n;
+	if (take_u8(c, what, &n) != 0)
+		return SHARDMAP_ECORRUPT;
+	if (n == 0)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (%s): empty %s at offset %zu", c->op,
+		                           c->op_name, what, at);
+	if ((size_t)(c->end - c->p) < n)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (%s): %s length %u at offset %zu runs past the "
+		                           "end of the record",
+		                           c->op, c->op_name, what, n, at);
+	char *s = malloc((size_t)n + 1);
+	if (s == NULL)
+		return SHARDMAP_ENOMEM;
+	memcpy(s, c->p, n);
+	s[n] = '\0';
+	if (memchr(s, '\0', n) != NULL ||
+	    (endpoint ? shardmap__check_endpoint(s) : shardmap__check_name(s)) != 0) {
+		free(s);
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (%s): invalid %s at offset %zu (%s)", c->op,
+		                           c->op_name, what, at,
+		                           endpoint ? "not host:port with a port 1..65535"
+		                                    : "control character or NUL");
+	}
+	c->p += n;
+	*out = s;
+	return 0;
+}
+
+static int take_shard(struct cursor *c, struct shardmap__op *op)
+{
+	uint8_t flags;
+	int rc;
+	if ((rc = take_str(c, "stream name", 0, &op->stream)) != 0 ||
+	    (rc = take_str(c, "shard id", 0, &op->id)) != 0 ||
+	    (rc = take_u8(c, "shard flags", &flags)) != 0)
+		return rc;
+	if (flags & ~SHARD_FLAGS_KNOWN)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (put_shard %s): unknown shard flags 0x%02x at "
+		                           "offset %zu",
+		                           c->op, op->id, flags, offset(c) - 1);
+	op->open = (flags & SHARD_FLAG_OPEN) != 0;
+	if ((rc = take_u64(c, "range start", &op->start.hi)) != 0 ||
+	    (rc = take_u64(c, "range start", &op->start.lo)) != 0 ||
+	    (rc = take_u64(c, "range end", &op->end.hi)) != 0 ||
+	    (rc = take_u64(c, "range end", &op->end.lo)) != 0)
+		return rc;
+	if (shardmap_hash_cmp(op->start, op->end) > 0)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (put_shard %s): range start is above range end",
+		                           c->op, op->id);
+	if ((rc = take_str(c, "owner cell", 0, &op->owner_cell)) != 0)
+		return rc;
+	if ((flags & SHARD_FLAG_PARENT) && (rc = take_str(c, "parent", 0, &op->parent)) != 0)
+		return rc;
+	if ((flags & SHARD_FLAG_ADJACENT) &&
+	    (rc = take_str(c, "adjacent parent", 0, &op->adjacent_parent)) != 0)
+		return rc;
+	return 0;
+}
+
+static int take_cell(struct cursor *c, struct shardmap__op *op)
+{
+	int rc;
+	if ((rc = take_str(c, "cell id", 0, &op->id)) != 0)
+		return rc;
+	size_t at = offset(c);
+	if (c->end - c->p < 2)
+		return truncated(c, "endpoint count");
+	size_t n = get_u16(c->p);
+	c->p += 2;
+	if (n == 0)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (put_cell %s): no endpoints (count 0 at offset "
+		                           "%zu)",
+		                           c->op, op->id, at);
+	if (n > (size_t)(c->end - c->p) / MIN_ENDPOINT_BYTES)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu (put_cell %s): endpoint count %zu at offset %zu "
+		                           "exceeds what the remaining %zu bytes can hold",
+		                           c->op, op->id, n, at, (size_t)(c->end - c->p));
+	op->endpoints = calloc(n, sizeof *op->endpoints);
+	if (op->endpoints == NULL)
+		return SHARDMAP_ENOMEM;
+	op->n_endpoints = n; /* unfilled slots are NULL: shardmap_delta_free copes */
+	for (size_t i = 0; i < n; i++)
+		if ((rc = take_str(c, "endpoint", 1, &op->endpoints[i])) != 0)
+			return rc;
+	return 0;
+}
+
+/* Decode one op into *op (zeroed by the caller; on failure it holds what was copied). */
+static int take_op(struct cursor *c, struct shardmap__op *op)
+{
+	uint8_t kind, hash_fn;
+	int rc;
+	c->op_name = "op";
+	if ((rc = take_u8(c, "op kind", &kind)) != 0)
+		return rc;
+	if (kind < SHARDMAP__OP_PUT_STREAM || kind > SHARDMAP__OP_DELETE_CELL)
+		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+		                           "op %zu: unknown op kind %u at offset %zu", c->op, kind,
+		                           offset(c) - 1);
+	op->kind = (enum shardmap__op_kind)kind;
+	c->op_name = shardmap__op_name(op->kind);
+	switch (op->kind) {
+	case SHARDMAP__OP_PUT_STREAM:
+		if ((rc = take_str(c, "stream name", 0, &op->stream)) != 0 ||
+		    (rc = take_u8(c, "hash function", &hash_fn)) != 0)
+			return rc;
+		if (hash_fn != SHARDMAP_HASH_XXH3 && hash_fn != SHARDMAP_HASH_MD5)
+			return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+			                           "op %zu (put_stream %s): unknown hash function %u "
+			                           "at offset %zu",
+			                           c->op, op->stream, hash_fn, offset(c) - 1);
+		op->hash_fn = hash_fn;
+		return 0;
+	case SHARDMAP__OP_DELETE_STREAM:
+		return take_str(c, "stream name", 0, &op->stream);
+	case SHARDMAP__OP_PUT_SHARD:
+		return take_shard(c, op);
+	case SHARDMAP__OP_DELETE_SHARD:
+		if ((rc = take_str(c, "stream name", 0, &op->stream)) != 0)
+			return rc;
+		return take_str(c, "shard id", 0, &op->id);
+	case SHARDMAP__OP_PUT_CELL:
+		return take_cell(c, op);
+	case SHARDMAP__OP_DELETE_CELL:
+		return take_str(c, "cell id", 0, &op->id);
+	}
+	return SHARDMAP_ECORRUPT; /* not reached: kind was range-checked */
+}
+
+/* Make room for one more op, growing with what has been decoded (never with the claimed
+ * count alone), so a lying count cannot make us allocate. */
+static int reserve_op(shardmap_delta *d, size_t claimed)
+{
+	if (d->n_ops < d->cap_ops)
+		return 0;
+	size_t cap = d->cap_ops ? d->cap_ops * 2 : 16;
+	if (cap > claimed)
+		cap = claimed;
+	struct shardmap__op *ops = realloc(d->ops, cap * sizeof *ops);
+	if (ops == NULL)
+		return SHARDMAP_ENOMEM;
+	d->ops = ops;
+	d->cap_ops = cap;
+	return 0;
+}
+
+int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
+                           size_t *consumed, shardmap_error *why)
+{
+	const uint8_t *body;
+	size_t blen, used;
+	if ((buf == NULL && len > 0) || out == NULL)
+		return SHARDMAP_EINVAL;
+	int rc = frame_check(buf, len, &body, &blen, &used, why);
+	if (consumed)
+		*consumed = used;
+	if (rc != 0)
+		return rc;
+
+	shardmap_delta *d = calloc(1, sizeof *d);
+	if (d == NULL)
+		return SHARDMAP_ENOMEM;
+	d->from_version = get_u64(body);
+	d->to_version = get_u64(body + 8);
+	size_t n_ops = get_u32(body + 16);
+	struct cursor c = {.p = body + BODY_FIXED, .end = body + blen, .base = buf, .why = why};
+	if (n_ops > blen / MIN_OP_BYTES) {
+		rc = shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                         "op count %zu at offset %u exceeds what the %zu body bytes "
+		                         "can hold",
+		                         n_ops, SHARDMAP__CODEC_HEADER_BYTES + 16, blen);
+		goto fail;
+	}
+	for (c.op = 0; c.op < n_ops; c.op++) {
+		if ((rc = reserve_op(d, n_ops)) != 0)
+			goto fail;
+		struct shardmap__op *op = &d->ops[d->n_ops++];
+		memset(op, 0, sizeof *op);
+		if ((rc = take_op(&c, op)) != 0)
+			goto fail;
+	}
+	if (c.p != c.end) {
+		rc = shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		                         "%zu bytes of trailing garbage at offset %zu after the last "
+		                         "op",
+		                         (size_t)(c.end - c.p), offset(&c));
+		goto fail;
+	}
+	*out = d;
+	return SHARDMAP_OK;
+fail:
+	if (rc == SHARDMAP_ENOMEM)
+		shardmap__error_set(why, rc, c.op, "out of memory decoding op %zu", c.op);
+	if (consumed)
+		*consumed = 0;
+	shardmap_delta_free(d);
+	return rc;
+}

@@ -11,7 +11,8 @@
 #include "delta.h"
 
 /* Encode d as one self-delimiting checksummed record into a malloc'ed buffer.
- * Returns 0 or SHARDMAP_ENOMEM. Caller frees *buf. */
+ * Returns 0 or SHARDMAP_ENOMEM (SHARDMAP_EINVAL for a delta the format cannot hold: a NULL
+ * or over-long string, no endpoints, a body over SHARDMAP__CODEC_MAX_BODY). Caller frees *buf. */
 int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len);
 
 /* Decode one record from the start of buf. *consumed gets its length.
@@ -21,5 +22,16 @@ int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len);
  * Never trusts a length, count or offset; never allocates more than the input justifies. */
 int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
                            size_t *consumed, shardmap_error *why);
+
+/* Framing constants (docs/codec.md): a record is header + body + trailer. */
+#define SHARDMAP__CODEC_HEADER_BYTES 16u
+#define SHARDMAP__CODEC_TRAILER_BYTES 8u
+#define SHARDMAP__CODEC_MAX_BODY (1u << 30) /* bodies above 1 GiB are corrupt by definition */
+
+/* Check one record's framing and checksum and read its versions without building a delta
+ * (cheap: no allocation). Same results and *consumed as shardmap__codec_decode; the ops are
+ * not validated, so a record that peeks fine can still fail to decode. */
+int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
+                         size_t *consumed, shardmap_error *why);
 
 #endif

@@ -1,5 +1,39 @@
-/* hashkey.c - 128-bit hash keys (being written). */
-#include "shardmap.h"
+/*
+ * hashkey.c - 128-bit hash keys: decimal parse and format, comparison, and the two partition
+ * key hashes (XXH3-128, the default, and Kinesis-compatible MD5).
+ *
+ * For everyone who turns a partition key or a Kinesis decimal hash key (StartingHashKey,
+ * ExplicitHashKey ...) into a shardmap_hash: the route path, plans, JSON import/export and
+ * the CLI. unsigned __int128 (a GCC/Clang extension) carries the arithmetic; the public type
+ * stays two uint64_t.
+ *
+ * MD5 goes through OpenSSL's EVP API. The EVP_MD is fetched once per process (pthread_once)
+ * and every thread keeps its own EVP_MD_CTX (a pthread key whose destructor frees it at
+ * thread exit), so hashing a key allocates nothing after a thread's first call and no state
+ * is shared between threads. If a context cannot be allocated, the one-shot EVP_Digest (which
+ * allocates its own) is used instead; only if that fails too is the hash zero.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#define XXH_INLINE_ALL /* the route path hashes every key: let the compiler inline XXH3 */
+#include <xxhash.h>
+
+#include "hashkey.h"
+
+typedef unsigned __int128 u128;
+
+static u128 to_u128(shardmap_hash h)
+{
+	return (u128)h.hi << 64 | h.lo;
+}
+
+static shardmap_hash from_u128(u128 v)
+{
+	return (shardmap_hash){.hi = (uint64_t)(v >> 64), .lo = (uint64_t)v};
+}
 
 int shardmap_hash_cmp(shardmap_hash a, shardmap_hash b)
 {
@@ -8,4 +42,190 @@ int shardmap_hash_cmp(shardmap_hash a, shardmap_hash b)
 	if (a.lo != b.lo)
 		return a.lo < b.lo ? -1 : 1;
 	return 0;
+}
+
+/* ---------------------------------------------------------------- decimal */
+
+#define DIGITS_MAX (SHARDMAP_HASH_DECIMAL_MAX - 1) /* 39: the digits of 2^128-1 */
+
+/* "not a digit at offset N" for every offset a parse can stop at (0 .. DIGITS_MAX-1). */
+#define NOT_DIGIT_(n) "not a digit at offset " #n
+#define NOT_DIGIT_TEN_(t)                                                                      \
+	NOT_DIGIT_(t##0), NOT_DIGIT_(t##1), NOT_DIGIT_(t##2), NOT_DIGIT_(t##3),                \
+	    NOT_DIGIT_(t##4), NOT_DIGIT_(t##5), NOT_DIGIT_(t##6), NOT_DIGIT_(t##7),            \
+	    NOT_DIGIT_(t##8), NOT_DIGIT_(t##9)
+static const char *const not_digit[DIGITS_MAX + 1] = {
+    NOT_DIGIT_(0), NOT_DIGIT_(1), NOT_DIGIT_(2), NOT_DIGIT_(3), NOT_DIGIT_(4),
+    NOT_DIGIT_(5), NOT_DIGIT_(6), NOT_DIGIT_(7), NOT_DIGIT_(8), NOT_DIGIT_(9),
+    NOT_DIGIT_TEN_(1),  NOT_DIGIT_TEN_(2),  NOT_DIGIT_TEN_(3),
+};
+
+static int is_space(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static int only_space(const unsigned char *p)
+{
+	while (is_space(*p))
+		p++;
+	return *p == '\0';
+}
+
+/* Parse s into *out. Returns NULL, or the reason s is not a hash key (static text). The
+ * first problem from the left decides, except that from the 40th character on only trailing
+ * whitespace is reported as such: anything else there is "more than 39 characters". */
+static const char *parse(const char *s, u128 *out)
+{
+	if (s == NULL)
+		return "NULL string";
+	const unsigned char *p = (const unsigned char *)s;
+	if (*p == '\0')
+		return "empty string";
+	u128 v = 0;
+	for (size_t i = 0; p[i] != '\0'; i++) {
+		unsigned char c = p[i];
+		if (i == DIGITS_MAX && !only_space(p + i))
+			return "more than 39 characters";
+		if (is_space(c)) {
+			if (i == 0)
+				return "leading whitespace";
+			return only_space(p + i) ? "trailing whitespace" : "whitespace inside the digits";
+		}
+		if (c == '+' || c == '-')
+			return i == 0 ? "sign (+ or -) not allowed" : not_digit[i];
+		if (c < '0' || c > '9')
+			return not_digit[i];
+		unsigned d = c - '0';
+		if (v > (~(u128)0 - d) / 10)
+			return "value past 2^128-1 (340282366920938463463374607431768211455)";
+		v = v * 10 + d;
+	}
+	*out = v;
+	return NULL;
+}
+
+int shardmap_hash_parse(const char *decimal, shardmap_hash *out)
+{
+	u128 v;
+	if (out == NULL || parse(decimal, &v) != NULL)
+		return SHARDMAP_EINVAL;
+	*out = from_u128(v);
+	return SHARDMAP_OK;
+}
+
+const char *shardmap_hash_parse_error(const char *decimal)
+{
+	u128 v;
+	return parse(decimal, &v);
+}
+
+/* Write the 19 digits of v < 10^19 (with leading zeros) to out. */
+static void put19(char *out, uint64_t v)
+{
+	for (int i = 18; i >= 0; i--) {
+		out[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+}
+
+int shardmap_hash_format(shardmap_hash h, char out[SHARDMAP_HASH_DECIMAL_MAX])
+{
+	/* Three base-10^19 limbs: two 128-bit divisions instead of 38. */
+	const uint64_t base = 10000000000000000000u;
+	u128 v = to_u128(h);
+	char buf[3 * 19];
+	put19(buf + 38, (uint64_t)(v % base));
+	v /= base;
+	put19(buf + 19, (uint64_t)(v % base));
+	put19(buf, (uint64_t)(v / base));
+	size_t skip = 0;
+	while (skip < sizeof buf - 1 && buf[skip] == '0')
+		skip++;
+	size_t n = sizeof buf - skip;
+	memcpy(out, buf + skip, n);
+	out[n] = '\0';
+	return (int)n;
+}
+
+/* ---------------------------------------------------------------- partition key hashes */
+
+static pthread_once_t md5_once = PTHREAD_ONCE_INIT;
+static EVP_MD *md5_md;          /* fetched once; NULL if the provider has no MD5 */
+static pthread_key_t md5_key;   /* this thread's EVP_MD_CTX */
+static int md5_key_ok;
+
+static void md5_ctx_destroy(void *ctx)
+{
+	EVP_MD_CTX_free(ctx);
+}
+
+static void md5_init_once(void)
+{
+	md5_md = EVP_MD_fetch(NULL, "MD5", NULL);
+	md5_key_ok = pthread_key_create(&md5_key, md5_ctx_destroy) == 0;
+}
+
+/* This thread's context, created on first use; NULL when out of memory. */
+static EVP_MD_CTX *md5_ctx(void)
+{
+	if (!md5_key_ok)
+		return NULL;
+	EVP_MD_CTX *ctx = pthread_getspecific(md5_key);
+	if (ctx != NULL)
+		return ctx;
+	ctx = EVP_MD_CTX_new();
+	if (ctx != NULL && pthread_setspecific(md5_key, ctx) != 0) {
+		EVP_MD_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
+}
+
+static uint64_t load_be64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* MD5 of the key bytes read as one big-endian unsigned 128-bit integer (Kinesis). */
+static int hash_md5(const void *key, size_t len, shardmap_hash *out)
+{
+	pthread_once(&md5_once, md5_init_once);
+	if (md5_md == NULL)
+		return SHARDMAP_ENOTSUP;
+	unsigned char digest[16];
+	unsigned int n = 0;
+	EVP_MD_CTX *ctx = md5_ctx();
+	int ok = ctx != NULL ? EVP_DigestInit_ex2(ctx, md5_md, NULL) &&
+	                           EVP_DigestUpdate(ctx, key, len) &&
+	                           EVP_DigestFinal_ex(ctx, digest, &n)
+	                     : EVP_Digest(key, len, digest, &n, md5_md, NULL);
+	if (!ok || n != sizeof digest)
+		return SHARDMAP_ENOMEM;
+	out->hi = load_be64(digest);
+	out->lo = load_be64(digest + 8);
+	return SHARDMAP_OK;
+}
+
+int shardmap__hash_key(int hash_fn, const void *key, size_t len, shardmap_hash *out)
+{
+	if (len == 0)
+		key = ""; /* both hashes accept any pointer for no bytes; give them a real one */
+	if (hash_fn == SHARDMAP_HASH_MD5)
+		return hash_md5(key, len, out);
+	XXH128_hash_t x = XXH3_128bits(key, len);
+	out->hi = x.high64;
+	out->lo = x.low64;
+	return SHARDMAP_OK;
+}
+
+shardmap_hash shardmap_hash_key(int hash_fn, const void *key, size_t len)
+{
+	shardmap_hash h = {0, 0};
+	if (shardmap__hash_key(hash_fn, key, len, &h) != 0)
+		return (shardmap_hash){0, 0};
+	return h;
 }

@@ -40,4 +40,12 @@ void shardmap__mem_fail_after(long n);
 /* Allocations made through shardmap__alloc/calloc since the process started. */
 long shardmap__mem_allocs(void);
 
+/* Added by the structs module. */
+/* Like shardmap__alloc, aligned to align (a power of two, at most 4096): for B+-tree nodes,
+ * which must start on a cache line. Freed with shardmap__free. */
+void *shardmap__alloc_aligned(struct shardmap__mem *mem, size_t align, size_t size);
+/* Allocations currently live (made through this file and not yet freed), all maps of the
+ * process together: tests use it to show that nothing leaks. */
+long shardmap__mem_live(void);
+
 #endif

@@ -61,4 +61,8 @@ void shardmap__txn_commit(struct shardmap__txn *t, struct shardmap__ptrvec *out)
 void shardmap__ptrvec_free_all(struct shardmap__mem *mem, struct shardmap__ptrvec *v);
 int shardmap__ptrvec_push(struct shardmap__mem *mem, struct shardmap__ptrvec *v, void *p);
 
+/* Added by the structs module: shardmap__txn_node aligned to align (a power of two), for
+ * B+-tree nodes that must start on a cache line. NULL on failure. */
+void *shardmap__txn_node_aligned(struct shardmap__txn *t, size_t size, size_t align);
+
 #endif
