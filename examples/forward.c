@@ -61,7 +61,8 @@ static int route(struct frontend *fe, const char *stream, const char *key, size_
 		return SHARDMAP_ENOMEM;
 	shardmap_route rt;
 	shardmap_read_begin(r);
-	int rc = shardmap_route_key(r, stream, key, key_len, &rt);
+	shardmap_hash unused = {0, 0};
+	int rc = fe_route(fe, r, stream, key, key_len, unused, &rt);
 	if (rc == 0) {
 		snprintf(t->shard, sizeof t->shard, "%s", rt.shard_id);
 		snprintf(t->cell, sizeof t->cell, "%s", rt.cell_id);

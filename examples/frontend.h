@@ -14,11 +14,15 @@ enum fe_endpoint { FE_ROUTE, FE_RECORDS, FE_SHARDS, FE_HEALTHZ, FE_METRICS, FE_O
 
 /* Request latency histogram bounds, seconds (the last bucket is +Inf). */
 #define FE_N_BUCKETS 14
+/* Lookup (shardmap_route_*) latency histogram bounds, nanoseconds (the last is +Inf). */
+#define FE_N_LOOKUP_BUCKETS 9
 
 struct fe_metrics {
 	_Atomic uint64_t requests[FE_N][6]; /* by status class: 1xx..5xx, index 0 unused */
 	_Atomic uint64_t buckets[FE_N][FE_N_BUCKETS];
 	_Atomic uint64_t latency_ns_sum[FE_N];
+	_Atomic uint64_t lookup_buckets[FE_N_LOOKUP_BUCKETS];
+	_Atomic uint64_t lookup_ns_sum;
 	_Atomic uint64_t forwarded, forward_errors, not_my_shard, retries;
 };
 
@@ -34,6 +38,11 @@ struct frontend {
 	_Atomic int stopping;
 	struct fe_metrics metrics;
 };
+
+/* Route a key or an explicit hash (key NULL) inside the caller's read section, timing the
+ * lookup into the metrics (frontend_http.c). */
+int fe_route(struct frontend *fe, shardmap_reader *r, const char *stream, const char *key,
+             size_t key_len, shardmap_hash h, shardmap_route *out);
 
 /* The HTTP side (frontend_http.c). */
 struct MHD_Daemon *fe_http_start(struct frontend *fe, const struct sockaddr_in *addr,

@@ -23,6 +23,8 @@
 static const double bucket_bounds[FE_N_BUCKETS - 1] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
     0.025,  0.05,    0.1,    0.25,  0.5,    1.0};
+static const double lookup_bounds_ns[FE_N_LOOKUP_BUCKETS - 1] = {50,   100,  250,   500,
+                                                                    1000, 2500, 10000, 100000};
 static const char *const endpoint_names[FE_N] = {"route",   "records", "shards",
                                                   "healthz", "metrics", "other"};
 
@@ -38,6 +40,22 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int fe_route(struct frontend *fe, shardmap_reader *r, const char *stream, const char *key,
+             size_t key_len, shardmap_hash h, shardmap_route *out)
+{
+	uint64_t t0 = now_ns();
+	int rc = key ? shardmap_route_key(r, stream, key, key_len, out)
+	             : shardmap_route_hash(r, stream, h, out);
+	uint64_t ns = now_ns() - t0;
+	int b = 0;
+	while (b < FE_N_LOOKUP_BUCKETS - 1 && (double)ns > lookup_bounds_ns[b])
+		b++;
+	/* Relaxed: statistics only; /metrics reads them without ordering. */
+	atomic_fetch_add_explicit(&fe->metrics.lookup_buckets[b], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&fe->metrics.lookup_ns_sum, ns, memory_order_relaxed);
+	return rc;
 }
 
 static enum fe_endpoint classify(const char *url)
@@ -106,7 +124,7 @@ static enum MHD_Result get_route(struct frontend *fe, struct request *rq,
 		return reply_error(rq, c, 400, "missing parameter: stream");
 	if ((key == NULL) == (hash == NULL))
 		return reply_error(rq, c, 400, "give exactly one of key and hash");
-	shardmap_hash h;
+	shardmap_hash h = {0, 0};
 	if (hash && shardmap_hash_parse(hash, &h) != 0) {
 		char msg[200];
 		snprintf(msg, sizeof msg, "hash: %s", shardmap_hash_parse_error(hash));
@@ -117,8 +135,7 @@ static enum MHD_Result get_route(struct frontend *fe, struct request *rq,
 		return reply_error(rq, c, 500, "out of memory");
 	shardmap_route rt;
 	shardmap_read_begin(r);
-	int rc = key ? shardmap_route_key(r, stream, key, strlen(key), &rt)
-	             : shardmap_route_hash(r, stream, h, &rt);
+	int rc = fe_route(fe, r, stream, key, key ? strlen(key) : 0, h, &rt);
 	json_t *o = rc == 0 ? route_json(&rt) : NULL;
 	shardmap_read_end(r);
 	if (rc != 0)
@@ -244,6 +261,19 @@ static char *frontend_metrics(struct frontend *fe)
 		fprintf(f, "frontend_request_seconds_count{endpoint=\"%s\"} %" PRIu64 "\n",
 		        endpoint_names[e], cum);
 	}
+	fprintf(f, "# HELP frontend_lookup_seconds Time spent in shardmap_route_* per lookup.\n"
+	           "# TYPE frontend_lookup_seconds histogram\n");
+	uint64_t cum = 0;
+	for (int b = 0; b < FE_N_LOOKUP_BUCKETS; b++) {
+		cum += atomic_load(&mt->lookup_buckets[b]);
+		if (b < FE_N_LOOKUP_BUCKETS - 1)
+			fprintf(f, "frontend_lookup_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+			        lookup_bounds_ns[b] / 1e9, cum);
+		else
+			fprintf(f, "frontend_lookup_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+	}
+	fprintf(f, "frontend_lookup_seconds_sum %.9f\nfrontend_lookup_seconds_count %" PRIu64 "\n",
+	        (double)atomic_load(&mt->lookup_ns_sum) / 1e9, cum);
 	fprintf(f,
 	        "# TYPE frontend_forwarded_total counter\nfrontend_forwarded_total %" PRIu64 "\n"
 	        "# TYPE frontend_forward_errors_total counter\nfrontend_forward_errors_total %" PRIu64 "\n"
