@@ -453,6 +453,7 @@ static inline int bench_json_emit(json_t *doc, const struct bench_opts *o)
 /* ---------------------------------------------------------------- map shapes */
 
 #define BENCH_CELLS 16
+#define BENCH_NAME_LEN 24 /* room for "stream-%05u" of any unsigned */
 
 /* A map of n_streams streams ("stream-00000" ...) of n_shards evenly split shards each
  * (Kinesis layout, XXH3), owned round-robin by BENCH_CELLS cells ("cell-00" ..., two
@@ -460,7 +461,7 @@ static inline int bench_json_emit(json_t *doc, const struct bench_opts *o)
 struct bench_map {
 	shardmap *m;
 	unsigned n_streams, n_shards;
-	char (*stream_names)[16];
+	char (*stream_names)[BENCH_NAME_LEN];
 	char cell_names[BENCH_CELLS][8];
 };
 

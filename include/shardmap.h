@@ -262,11 +262,15 @@ SHARDMAP_API int shardmap_apply(shardmap *m, const shardmap_delta *d, shardmap_e
 
 /* Kinesis-semantics plans against the current version: each returns a delta from the current
  * version to the next (current + 1) that the caller applies or writes to a store; they change
- * nothing themselves. Error messages name the violated rule (in *why where given).
+ * nothing themselves. Each refusal's message names the violated rule (shardmap_plan_error).
+ * Moving a shard to the cell that already owns it is refused (SHARDMAP_ECONFLICT: nothing to
+ * do); closed shards may be moved.
  * Returns: 0, SHARDMAP_EINVAL (bad arguments: n_shards 0, no owners...), SHARDMAP_ENOENT
  * (unknown stream, shard or cell), SHARDMAP_ECONFLICT (a Kinesis rule forbids it: stream
- * exists, shard closed, split point out of range, shards not adjacent), SHARDMAP_ENOMEM.
- * Thread-safety: MT-safe. Ownership: caller frees *out with shardmap_delta_free. */
+ * exists, shard closed, split point out of range, shards not adjacent, shard ids used up),
+ * SHARDMAP_ENOMEM. *out is unchanged on error.
+ * Thread-safety: MT-safe. Ownership: caller frees *out with shardmap_delta_free.
+ * Blocking: waits for other writers while it reads the current version; never for readers. */
 SHARDMAP_API int shardmap_plan_create_stream(const shardmap *m, const char *stream, int hash_fn,
                                              unsigned n_shards, const char *const *owner_cells,
                                              size_t n_owners, shardmap_delta **out);

@@ -47,4 +47,14 @@ int shardmap__btree_foreach(const struct shardmap__btree *t,
                             void *ctx);
 void shardmap__btree_free_nodes(struct shardmap__mem *mem, struct shardmap__btree *t);
 
+/* Added by the structs module. Which node search shardmap__btree_find uses: on = 1 picks
+ * AVX2 when the CPU has it (the default, chosen once at load time), 0 the portable scalar
+ * search. Returns 1 if AVX2 is now in use. For tests and benchmarks: call it before any
+ * reader thread starts. */
+int shardmap__btree_use_simd(int on);
+/* Added by the structs module, for tests: check every structural invariant (order, exact
+ * separators, node fill, equal leaf depth, count, alignment). Returns 0, or the btree.c
+ * source line of the first check that failed. */
+int shardmap__btree_check(const struct shardmap__btree *t);
+
 #endif

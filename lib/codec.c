@@ -78,21 +78,26 @@ static uint32_t header_check(const uint8_t *h)
 
 /* ---------------------------------------------------------------- encoding */
 
-/* Bytes of a string field, or 0 if s cannot be encoded (NULL, empty, over 255 bytes). */
+/* Bytes of a string field, or 0 if s is not a name the decoder would accept (NULL, empty,
+ * over 255 bytes, a control character): what encodes always decodes. */
 static size_t str_size(const char *s)
 {
-	if (s == NULL)
-		return 0;
-	size_t n = strlen(s);
-	return n == 0 || n > SHARDMAP__NAME_MAX ? 0 : 1 + n;
+	return shardmap__check_name(s) == 0 ? 1 + strlen(s) : 0;
 }
 
-/* Encoded size of op, or 0 if it cannot be encoded. */
+static size_t endpoint_size(const char *s)
+{
+	return shardmap__check_endpoint(s) == 0 ? 1 + strlen(s) : 0;
+}
+
+/* Encoded size of op, or 0 if it cannot be encoded (or would not decode). */
 static size_t op_size(const struct shardmap__op *op)
 {
 	size_t n = 1, s;
 	switch (op->kind) {
 	case SHARDMAP__OP_PUT_STREAM:
+		if (op->hash_fn != SHARDMAP_HASH_XXH3 && op->hash_fn != SHARDMAP_HASH_MD5)
+			return 0;
 		return (s = str_size(op->stream)) ? n + s + 1 : 0;
 	case SHARDMAP__OP_DELETE_STREAM:
 		return (s = str_size(op->stream)) ? n + s : 0;
@@ -106,6 +111,8 @@ static size_t op_size(const struct shardmap__op *op)
 	case SHARDMAP__OP_PUT_SHARD: {
 		const char *strs[5] = {op->stream, op->id, op->owner_cell, op->parent,
 		                       op->adjacent_parent};
+		if (shardmap_hash_cmp(op->start, op->end) > 0)
+			return 0;
 		n += 1 + 32;
 		for (int i = 0; i < 5; i++) {
 			if (i >= 3 && strs[i] == NULL)
@@ -122,7 +129,7 @@ static size_t op_size(const struct shardmap__op *op)
 			return 0;
 		n += s + 2;
 		for (size_t i = 0; i < op->n_endpoints; i++) {
-			if ((s = str_size(op->endpoints[i])) == 0)
+			if ((s = endpoint_size(op->endpoints[i])) == 0)
 				return 0;
 			n += s;
 		}
@@ -323,11 +330,13 @@ static size_t offset(const struct cursor *c)
 	return (size_t)(c->p - c->base);
 }
 
+/* Returns SHARDMAP_ECORRUPT (visibly to the compiler: callers' outputs stay unset). */
 static int truncated(struct cursor *c, const char *what)
 {
-	return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-	                           "op %zu (%s): %s truncated at offset %zu (record ends early)",
-	                           c->op, c->op_name, what, offset(c));
+	shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
+	                    "op %zu (%s): %s truncated at offset %zu (record ends early)", c->op,
+	                    c->op_name, what, offset(c));
+	return SHARDMAP_ECORRUPT;
 }
 
 static int take_u8(struct cursor *c, const char *what, uint8_t *v)

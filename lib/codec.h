@@ -11,8 +11,9 @@
 #include "delta.h"
 
 /* Encode d as one self-delimiting checksummed record into a malloc'ed buffer.
- * Returns 0 or SHARDMAP_ENOMEM (SHARDMAP_EINVAL for a delta the format cannot hold: a NULL
- * or over-long string, no endpoints, a body over SHARDMAP__CODEC_MAX_BODY). Caller frees *buf. */
+ * Returns 0 or SHARDMAP_ENOMEM (SHARDMAP_EINVAL for a delta the decoder would refuse: an
+ * invalid name or endpoint, no endpoints, an unknown op kind or hash function, start > end,
+ * a body over SHARDMAP__CODEC_MAX_BODY). Caller frees *buf. */
 int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len);
 
 /* Decode one record from the start of buf. *consumed gets its length.

@@ -44,4 +44,9 @@ int shardmap__hamt_foreach(const struct shardmap__hamt *h,
 /* Free every node (not the values): for closing a map's last version. */
 void shardmap__hamt_free_nodes(struct shardmap__mem *mem, struct shardmap__hamt *h);
 
+/* Added by the structs module, for tests: check every structural invariant (bitmaps match
+ * slot counts, each entry sits where its hash leads, canonical form, count). Returns 0, or
+ * the hamt.c source line of the first check that failed. */
+int shardmap__hamt_check(const struct shardmap__hamt *h);
+
 #endif

@@ -20,7 +20,7 @@
 #include "delta.h"
 
 /* The "format" and "format_version" members of the whole-map document. */
-#define SHARDMAP__JSON_FORMAT "shardmap"
+#define SHARDMAP__JSON_FORMAT	      "shardmap"
 #define SHARDMAP__JSON_FORMAT_VERSION 1
 
 /* Write d, a whole map as one delta from version 0 (only put_cell, put_stream and put_shard
@@ -40,8 +40,7 @@ int shardmap__json_export(const shardmap_delta *d, FILE *out, shardmap_error *wh
  * value breaks the schema: why->message starts with its JSON path); SHARDMAP_ENOMEM.
  * Ownership: the caller frees *out with shardmap_delta_free; *out is untouched on error.
  * why may be NULL. Thread-safety: MT-safe. Blocking: never. */
-int shardmap__json_import(const char *text, size_t len, shardmap_delta **out,
-                          shardmap_error *why);
+int shardmap__json_import(const char *text, size_t len, shardmap_delta **out, shardmap_error *why);
 
 /* A cell to create along with a Kinesis import. */
 struct shardmap__json_cell {
@@ -51,12 +50,12 @@ struct shardmap__json_cell {
 };
 
 struct shardmap__kinesis_import {
-	const char *stream;        /* the stream to create; NULL: DescribeStream's StreamName */
+	const char *stream;	   /* the stream to create; NULL: DescribeStream's StreamName */
 	const char *const *owners; /* shards are given owners[i % n_owners] in document order */
 	size_t n_owners;
 	const struct shardmap__json_cell *cells; /* put_cell ops to add first (may be none) */
 	size_t n_cells;
-	uint64_t from_version;     /* the delta goes from_version -> from_version + 1 */
+	uint64_t from_version; /* the delta goes from_version -> from_version + 1 */
 };
 
 /* Parse `aws kinesis list-shards` ({"Shards":[...]}) or `aws kinesis describe-stream`
@@ -70,7 +69,7 @@ struct shardmap__kinesis_import {
  * breaks the API's shape: why->message starts with its JSON path); SHARDMAP_ENOMEM.
  * Ownership: as shardmap__json_import. Thread-safety: MT-safe. Blocking: never. */
 int shardmap__json_import_kinesis(const char *text, size_t len,
-                                  const struct shardmap__kinesis_import *opt,
-                                  shardmap_delta **out, shardmap_error *why);
+				  const struct shardmap__kinesis_import *opt, shardmap_delta **out,
+				  shardmap_error *why);
 
 #endif

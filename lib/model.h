@@ -20,12 +20,14 @@ struct shardmap__cell {
 	size_t n_endpoints;
 	const char *const *endpoints; /* into the same allocation */
 	const char *id;               /* into the same allocation */
+	uint64_t content_hash;        /* added by map: this record's share of the digest */
 };
 
 /* A cell-table entry: the record plus how many shards (open or closed) name it as owner. */
 struct shardmap__cell_ent {
 	const struct shardmap__cell *cell;
 	uint64_t refs;
+	uint64_t gen;                 /* added by map: the transaction that made this entry */
 };
 
 struct shardmap__shard {
@@ -36,6 +38,7 @@ struct shardmap__shard {
 	const char *parent;            /* NULL = none */
 	const char *adjacent_parent;   /* NULL = none */
 	int open;
+	uint64_t content_hash;         /* added by map: this record's share of the digest */
 };
 
 struct shardmap__stream {
@@ -46,6 +49,10 @@ struct shardmap__stream {
 	struct shardmap__btree open;   /* start -> shard, open shards only */
 	struct shardmap__hamt by_id;   /* id -> shard, open and closed */
 	const char *name;              /* into the same allocation */
+	uint64_t content_hash;         /* added by map: name and hash_fn's share of the digest */
+	uint64_t gen;                  /* added by map: the transaction that made this copy (a
+	                                  stream's trees change, so a batch copies it once and
+	                                  then changes its copy in place) */
 };
 
 struct shardmap__version {

@@ -3,11 +3,17 @@
 
 A test speaking TAP (the Criterion suites) counts one case per 'ok'/'not ok' line; a test
 that failed without reporting a failing case counts one more failure (it crashed or timed
-out). A plain executable counts as one case. Prints 'N passed, M failed' for all the logs.
+out). A plain executable counts as one case. A sanitizer report anywhere in a test's output
+(AddressSanitizer, LeakSanitizer, UBSan "runtime error", ThreadSanitizer) counts one more
+failure even when the runner said the cases passed: Criterion reports a leak found at a
+child's exit only as a warning. Prints 'N passed, M failed' for all the logs.
 """
 import json
 import re
 import sys
+
+SANITIZER = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|WARNING: ThreadSanitizer|"
+                       r": runtime error: ")
 
 passed = failed = 0
 for path in sys.argv[1:]:
@@ -33,6 +39,10 @@ for path in sys.argv[1:]:
                 passed += 1
             else:
                 failed += 1
+            if SANITIZER.search(out + (t.get("stderr") or "")):
+                failed += 1
+                ok = False
+                result += " + sanitizer report"
             if not ok:
                 print(f"FAILED: {t.get('name')} ({result}) in {path}", file=sys.stderr)
 print(f"{passed} passed, {failed} failed")

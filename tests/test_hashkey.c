@@ -123,9 +123,11 @@ Test(hashkey, leading_zeros)
 	shardmap_hash h;
 	cr_assert_eq(shardmap_hash_parse("007", &h), SHARDMAP_OK);
 	cr_assert(h.hi == 0 && h.lo == 7);
-	cr_assert_eq(shardmap_hash_parse("000000000000000000000000000000000000000", &h), SHARDMAP_OK);
+	cr_assert_eq(shardmap_hash_parse("000000000000000000000000000000000000000", &h),
+		     SHARDMAP_OK);
 	cr_assert(h.hi == 0 && h.lo == 0);
-	cr_assert_eq(shardmap_hash_parse("000000000000000000018446744073709551616", &h), SHARDMAP_OK);
+	cr_assert_eq(shardmap_hash_parse("000000000000000000018446744073709551616", &h),
+		     SHARDMAP_OK);
 	cr_assert(h.hi == 1 && h.lo == 0);
 }
 
@@ -283,9 +285,9 @@ Test(hashkey, md5_matches_md5sum_fixture)
 		cr_assert_eq(shardmap_hash_parse(keys[i].decimal, &parsed), SHARDMAP_OK);
 		cr_assert_eq(shardmap_hash_cmp(parsed, h), 0);
 		shardmap_hash checked;
-		cr_assert_eq(shardmap__hash_key(SHARDMAP_HASH_MD5, keys[i].bytes, keys[i].len,
-		                                &checked),
-		             SHARDMAP_OK);
+		cr_assert_eq(
+		    shardmap__hash_key(SHARDMAP_HASH_MD5, keys[i].bytes, keys[i].len, &checked),
+		    SHARDMAP_OK);
 		cr_assert_eq(shardmap_hash_cmp(checked, h), 0);
 		empty += keys[i].len == 0;
 		binary += memchr(keys[i].bytes, 0, keys[i].len) != NULL;
@@ -319,8 +321,8 @@ static void *md5_worker(void *arg)
 	struct md5_thread *t = arg;
 	for (int round = 0; round < 20; round++) {
 		for (size_t i = 0; i < t->n; i++) {
-			shardmap_hash h = shardmap_hash_key(SHARDMAP_HASH_MD5, t->keys[i].bytes,
-			                                    t->keys[i].len);
+			shardmap_hash h =
+			    shardmap_hash_key(SHARDMAP_HASH_MD5, t->keys[i].bytes, t->keys[i].len);
 			char got[SHARDMAP_HASH_DECIMAL_MAX];
 			shardmap_hash_format(h, got);
 			t->mismatches += strcmp(got, t->keys[i].decimal) != 0;
@@ -345,7 +347,7 @@ Test(hashkey, md5_from_many_threads)
 	for (int i = 0; i < THREADS; i++) {
 		cr_assert_eq(pthread_join(tid[i], NULL), 0);
 		cr_assert_eq(work[i].mismatches, 0, "thread %d: %zu wrong hashes", i,
-		             work[i].mismatches);
+			     work[i].mismatches);
 	}
 	free_fixture(keys, n);
 }

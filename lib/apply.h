@@ -1,0 +1,32 @@
+/*
+ * apply.h - the apply engine shared by shardmap_apply and the private builder (map.h).
+ *
+ * The engine knows nothing of publishing: it changes a private version inside a
+ * transaction and says whether the result is valid. The caller commits and publishes, or
+ * aborts the transaction, which leaves the published map exactly as it was.
+ */
+#ifndef SHARDMAP_APPLY_H
+#define SHARDMAP_APPLY_H
+
+#include "model.h"
+
+/* Check d's versions against the current version cur (DESIGN.md's rules).
+ * Returns: 0 (d->from_version == cur); SHARDMAP_ESTALE (to_version <= cur: a duplicate);
+ * SHARDMAP_EGAP (from_version > cur, or from < cur < to); SHARDMAP_EINVAL (to <= from).
+ * why (may be NULL) says which, with op_index SIZE_MAX. */
+int shardmap__apply_check_version(uint64_t cur, const shardmap_delta *d, shardmap_error *why);
+
+/* Apply d's ops in order to v, a version private to t (shardmap__version_begin), then check
+ * the end-of-batch invariants incrementally (only around what the batch changed). Streams
+ * the batch deletes are pushed on *dead: after a commit they must be freed whole
+ * (shardmap__stream_free) once no reader can see the old version; after an abort only the
+ * vector's array is freed. v->version is left for the caller to set.
+ * Returns: 0; SHARDMAP_EINVAL (a malformed op), SHARDMAP_ECONFLICT (an op or an invariant
+ * failed), SHARDMAP_ENOMEM, each with why's op_index and message set. After an error the
+ * caller must abort t.
+ * Work: O(ops x log(size)) plus, per deleted stream, O(its shards). */
+int shardmap__apply_ops(struct shardmap__txn *t, struct shardmap__version *v,
+			const shardmap_delta *d, struct shardmap__ptrvec *dead,
+			shardmap_error *why);
+
+#endif
