@@ -30,11 +30,15 @@ ensure_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || return 1
 }
 
-# build_tree DIR [meson options...]: configure (once) and build.
+# build_tree DIR [meson options...]: configure (or reconfigure with the options) and build.
 build_tree() {
   local dir=$1; shift
+  mkdir -p "$(dirname "$dir")"
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$SHARDMAP_ROOT" "$@" >"$dir.setup.log" 2>&1 ||
+      { cat "$dir.setup.log" >&2; return 1; }
+  elif [ $# -gt 0 ]; then
+    meson configure "$dir" "$@" >"$dir.setup.log" 2>&1 ||
       { cat "$dir.setup.log" >&2; return 1; }
   fi
   ninja -C "$dir" >"$dir.build.log" 2>&1 || { tail -n 60 "$dir.build.log" >&2; return 1; }

@@ -28,7 +28,7 @@ struct history {
 };
 
 static struct env {
-	char dir[256], store_uri[300], fe_url[64];
+	char dir[256], store_uri[300], fe_url[128];
 	int port_a, port_b, port_fe;
 	pid_t cell_a, cell_b, frontend;
 	shardmap *cp; /* the control plane's copy of the map */
@@ -153,7 +153,7 @@ static void setup(void)
 	E.cell_a = start_cell("cell-a", E.port_a);
 	E.cell_b = start_cell("cell-b", E.port_b);
 	start_frontend();
-	char url[128];
+	char url[256];
 	snprintf(url, sizeof url, "%s/healthz", E.fe_url);
 	cr_assert(tp_wait_until(http_ok, url, 20000), "front-end did not become ready");
 }
@@ -203,8 +203,9 @@ Test(frontend, route_answers_and_rejects_bad_requests)
 {
 	json_t *j;
 	cr_assert_eq(fe_get("/route?stream=orders&key=alice", &j), 200);
-	const char *shard = json_string_value(json_object_get(j, "shard"));
-	cr_assert_not_null(shard);
+	char shard[64];
+	cr_assert_not_null(json_string_value(json_object_get(j, "shard")));
+	snprintf(shard, sizeof shard, "%s", json_string_value(json_object_get(j, "shard")));
 	/* md5("alice") must fall in the answered range, and the range in the map's. */
 	shardmap_hash h = shardmap_hash_key(SHARDMAP_HASH_MD5, "alice", 5), s, e;
 	cr_assert_eq(shardmap_hash_parse(json_string_value(json_object_get(j, "start")), &s), 0);
