@@ -288,22 +288,32 @@ SHARDMAP_API const char *shardmap_plan_error(void);
 
 /* ---------------------------------------------------------------- stores */
 
-/* Open a store: "file:PATH" (a directory: snapshot + journal, the embedded default) or
- * "etcd://HOST:PORT[,HOST:PORT...]/PREFIX".
- * Returns: 0, SHARDMAP_EINVAL (bad URI), SHARDMAP_EIO, SHARDMAP_ECORRUPT, SHARDMAP_ENOTSUP.
+/* Open a store: "file:PATH" (a directory: snapshot + journal, the embedded default; created
+ * if missing, one level) or "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" (docs/etcd.md).
+ * A corrupt file store opens; the corruption is reported by bootstrap and refused writes.
+ * Returns: 0, SHARDMAP_EINVAL (NULL, unknown scheme, malformed URI, a path that is not a
+ * directory), SHARDMAP_EIO (the OS refused), SHARDMAP_ENOMEM.
  * Thread-safety: MT-safe. Ownership: close with shardmap_store_close. Blocking: does I/O. */
 SHARDMAP_API int shardmap_store_open(const char *uri, shardmap_store **out);
 /* Append a delta (control plane). Its from_version must be the store's current version.
- * Returns: 0, SHARDMAP_ECONFLICT (another writer got there first), SHARDMAP_EIO.
- * Thread-safety: MT-safe. Blocking: does I/O. */
+ * The file store fdatasyncs before returning; etcd commits one transaction.
+ * Returns: 0, SHARDMAP_ECONFLICT (another writer got there first: re-plan and retry),
+ * SHARDMAP_EINVAL (NULL, or a delta the codec refuses), SHARDMAP_ECORRUPT (the store is
+ * corrupt: nothing is appended), SHARDMAP_EIO, SHARDMAP_ETIMEDOUT, SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe (several processes too). Ownership: d stays the caller's.
+ * Blocking: does I/O. */
 SHARDMAP_API int shardmap_store_write(shardmap_store *s, const shardmap_delta *d);
 /* The store's current version. Blocking: does I/O. */
 SHARDMAP_API int shardmap_store_version(shardmap_store *s, uint64_t *out);
 /* Close. Stop followers first. Accepts NULL. */
 SHARDMAP_API void shardmap_store_close(shardmap_store *s);
 
-/* Read the whole store into a private version, validate, publish in one step. On failure
- * the current map keeps serving and why says what is wrong.
+/* Read the whole store into a private version, validate, publish in one step (whatever the
+ * current version: the store is authoritative). On failure the current map keeps serving
+ * and why says what is wrong. Readers never wait for it.
+ * Returns: 0, SHARDMAP_ENOENT (the store is empty), SHARDMAP_ECORRUPT (bad record; why names
+ * the file and offset, or the etcd key), SHARDMAP_ECONFLICT (the data breaks an invariant),
+ * SHARDMAP_EIO, SHARDMAP_ETIMEDOUT, SHARDMAP_ENOMEM.
  * Thread-safety: single writer. Blocking: does I/O. */
 SHARDMAP_API int shardmap_bootstrap(shardmap *m, shardmap_store *s, shardmap_error *why);
 /* Keep m current from s (watch + apply) on pool p (p may be NULL for stores that need no
@@ -312,18 +322,29 @@ SHARDMAP_API int shardmap_bootstrap(shardmap *m, shardmap_store *s, shardmap_err
 SHARDMAP_API int shardmap_follow(shardmap *m, shardmap_store *s, shardmap_pool *p);
 SHARDMAP_API void shardmap_unfollow(shardmap *m);
 
-/* Warm start: save the current map to path atomically; load replaces the map with the file's.
+/* Warm start: save the current map to path atomically (write, fsync, rename, fsync the
+ * directory); load replaces the map with the file's in one step, or changes nothing.
+ * Returns (save): 0, SHARDMAP_ENOTREADY (nothing published yet), SHARDMAP_EIO,
+ * SHARDMAP_ENOMEM. Returns (load): 0, SHARDMAP_ENOENT (no such file), SHARDMAP_ECORRUPT (bad
+ * file), SHARDMAP_ECONFLICT (its contents break an invariant), SHARDMAP_EIO, SHARDMAP_ENOMEM.
  * Thread-safety: save MT-safe, load single writer. Blocking: does I/O. */
 SHARDMAP_API int shardmap_snapshot_save(shardmap *m, const char *path);
 SHARDMAP_API int shardmap_snapshot_load(shardmap *m, const char *path, shardmap_error *why);
 
 /* ---------------------------------------------------------------- pool and peers */
 
-/* A fixed pool of worker threads (epoll loops with timers) for all network work.
- * threads 0 means the default (2). Returns: 0, SHARDMAP_EINVAL, SHARDMAP_ENOMEM, SHARDMAP_EIO.
- * Thread-safety: MT-safe. Ownership: close after every user of it has stopped. */
+/* A fixed pool of worker threads (epoll loops with timers) for all network work: the
+ * library's threads are exactly these, whatever the number of peers or maps using the pool.
+ * threads 0 means the default (2); at most 256.
+ * Returns: 0, SHARDMAP_EINVAL (out NULL, threads > 256), SHARDMAP_ENOMEM (memory, or the
+ * system refused a thread), SHARDMAP_EIO (epoll or eventfd failed).
+ * Thread-safety: MT-safe. Ownership: the caller closes *out with shardmap_pool_close. */
 SHARDMAP_API int shardmap_pool_open(unsigned threads, shardmap_pool **out);
+/* Stop and join the threads and free the pool. Every peers object and follower using it
+ * must have been stopped first. Accepts NULL. Thread-safety: not thread-safe (last call on
+ * p); never from one of p's own threads. Blocking: joins the threads. */
 SHARDMAP_API void shardmap_pool_close(shardmap_pool *p);
+/* The number of threads of p (0 for NULL). Thread-safety: MT-safe. */
 SHARDMAP_API unsigned shardmap_pool_threads(const shardmap_pool *p);
 
 typedef struct shardmap_peers_options {
@@ -340,13 +361,38 @@ typedef struct shardmap_peers_options {
 	size_t key_len;
 } shardmap_peers_options;
 
+/* Fill *o with the defaults (listen "127.0.0.1:0", and the defaults above) and o->size.
+ * Thread-safety: MT-safe. */
 SHARDMAP_API void shardmap_peers_options_init(shardmap_peers_options *o);
+/* Start sharing m's versions with peers on pool p: listen, observe m's publishes, push new
+ * deltas to fanout random peers, run anti-entropy every interval_ms. Never bootstraps m
+ * from peers (an empty map takes nothing from them); a gap older than the ring asks m's
+ * store follower to catch up. o may be NULL for the defaults (zero fields take defaults).
+ * Returns: 0; SHARDMAP_EINVAL (NULL m, p or out, bad options size, fanout > 64, a key
+ * without a length or a length without a key, a bad node id or listen address);
+ * SHARDMAP_EIO (cannot bind or listen); SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe; one peers object per map. Ownership: stop with
+ * shardmap_peers_stop before closing m or p. The key is copied. Blocking: may resolve the
+ * listen host name. */
 SHARDMAP_API int shardmap_peers_start(shardmap *m, shardmap_pool *p,
                                       const shardmap_peers_options *o, shardmap_peers **out);
-/* The bound listen address ("127.0.0.1:PORT"). Lifetime: until shardmap_peers_stop. */
+/* The bound listen address ("127.0.0.1:PORT", "[::1]:PORT"), NULL for NULL.
+ * Thread-safety: MT-safe. Lifetime: until shardmap_peers_stop. */
 SHARDMAP_API const char *shardmap_peers_address(const shardmap_peers *ps);
+/* Add a known peer "host:port" (IPv4, [IPv6] or a host name, port 1..65535). A known peer
+ * costs a small fixed record: connections are opened only to the few peers chosen for a
+ * push or an anti-entropy round. Adding a known peer again changes nothing.
+ * Returns: 0, SHARDMAP_EINVAL (NULL or malformed address, unknown host), SHARDMAP_EBUSY
+ * (more than 4,194,304 known peers), SHARDMAP_ENOMEM.
+ * Thread-safety: MT-safe. Blocking: may resolve a host name. */
 SHARDMAP_API int shardmap_peers_add(shardmap_peers *ps, const char *host_port);
+/* Forget a known peer (its connection, if any, is closed).
+ * Returns: 0, SHARDMAP_EINVAL (malformed address), SHARDMAP_ENOENT (not known).
+ * Thread-safety: MT-safe. Blocking: may resolve a host name. */
 SHARDMAP_API int shardmap_peers_remove(shardmap_peers *ps, const char *host_port);
+/* Stop: no more publishes are observed, every connection is closed, ps is freed. Accepts
+ * NULL. Thread-safety: not thread-safe (last call on ps); never from a pool thread.
+ * Blocking: waits for the pool to finish with ps's connections. */
 SHARDMAP_API void shardmap_peers_stop(shardmap_peers *ps);
 
 /* A back-end said "not my shard": ask for a coalesced, rate-limited catch-up from the store
@@ -383,9 +429,10 @@ typedef struct shardmap_stats {
 /* Fill *out (fields appended in later versions; never removed).
  * Returns: 0, SHARDMAP_EINVAL. Thread-safety: MT-safe. Blocking: never. */
 SHARDMAP_API int shardmap_stats_get(const shardmap *m, shardmap_stats *out);
-/* Write the stats in Prometheus text exposition format (names shardmap_*).
- * Returns: bytes written (excluding NUL) or SHARDMAP_EINVAL / SHARDMAP_ENOMEM when len is too
- * small (buf then holds a truncated NUL-terminated prefix). Thread-safety: MT-safe. */
+/* Write the stats in Prometheus text exposition format (names shardmap_*) into buf.
+ * Returns: bytes written (excluding the NUL); SHARDMAP_EINVAL for NULL or len 0;
+ * SHARDMAP_ENOMEM when len is too small (buf then holds a NUL-terminated prefix: retry with
+ * a larger buffer). Thread-safety: MT-safe. Blocking: never. */
 SHARDMAP_API int shardmap_metrics_text(const shardmap *m, char *buf, size_t len);
 
 #ifdef __cplusplus
