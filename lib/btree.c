@@ -17,11 +17,13 @@
  * Descending, the pointer lines of the next node are prefetched together with its hi lines,
  * so a level costs one memory round trip, not two.
  *
- * Shape: every node except the root holds at least two entries; a split makes halves (9 and
- * 8) except at the right edge of the tree when the new key is the largest, where the left node
- * keeps 15 (so a stream built in start order packs its nodes). A delete that leaves a node
- * under half full moves entries from a sibling or merges with it, and the root shrinks away
- * when it has one child.
+ * Shape: a split makes halves (9 and 8), except at the right edge of the tree when the new
+ * key is the largest: there the left node keeps all 16 and the new key starts a node of its
+ * own, so a stream built in start order fills its nodes (65,536 starts make 4 full levels).
+ * So the nodes on the right edge may be short (at least one entry); every other node holds at
+ * least two, and usually half. A delete that leaves a node under half full moves entries
+ * from a sibling or merges with it; a short right-edge node with no sibling stays short, or
+ * goes when empty. The root shrinks away when it has one child.
  *
  * Changes are copy-on-write through a transaction (txn.h): the nodes of the root-to-leaf path
  * (and any sibling a delete touches) that the transaction does not own are copied and the
@@ -29,23 +31,30 @@
  * retiring) is done before the first write to a node reachable from the tree, so on
  * SHARDMAP_ENOMEM the tree still holds exactly what it held (the transaction must abort: its
  * retired list may name nodes the tree still uses).
+ *
+ * Readers (find, get, next, prev, foreach) take no lock and write nothing. A tree is published
+ * only as part of a map version, which map.c publishes with one release store and readers
+ * load inside an epoch section. A published node is never written again: a writer changes in
+ * place only nodes its own transaction created, which no reader can reach before the version
+ * holding them is published. Replaced nodes are retired, not freed; the map frees a retired
+ * list only after the grace period of the version that still used them, so no reader sees
+ * freed memory.
  */
-#include <immintrin.h>
 #include <string.h>
 
 #include "btree.h"
 #include "shardmap.h"
 
-#define BT_WAY 16
-#define BT_MIN (BT_WAY / 2)
-#define BT_MAX_HEIGHT 64 /* every inner node has >= 2 children: 2^63 entries */
+#define BT_WAY	      16
+#define BT_MIN	      (BT_WAY / 2)
+#define BT_MAX_HEIGHT 64 /* inner nodes off the right edge have >= 2 children */
 
 struct bt_node {
 	struct shardmap__node_hdr hdr;
 	uint32_t n;    /* entries (leaf) or children (inner) */
 	uint32_t leaf; /* 1 for a leaf; the search uses the tree's height instead */
 	_Alignas(64) int64_t hib[BT_WAY]; /* hi words with the sign bit flipped (see bias) */
-	const void *ptr[BT_WAY]; /* leaf: values; inner: children */
+	const void *ptr[BT_WAY];	  /* leaf: values; inner: children */
 	uint64_t lo[BT_WAY];
 };
 
@@ -111,40 +120,39 @@ static unsigned rank_below(const struct bt_node *nd, shardmap_hash h)
 	return c;
 }
 
-__attribute__((noinline, cold)) static unsigned rank_tie(const struct bt_node *nd, shardmap_hash h)
-{
-	return rank_exact(nd, h);
-}
-
 /* The fast rank: lt, the number of slots whose hi word is below h.hi, equals rank_exact
  * unless some key's hi word equals h.hi. The keys are sorted and the unused slots (hi =
  * 2^64-1) come last, so such a key would sit exactly at slot lt; when lt is 16 no key can tie,
  * and slot 0 (lt & 15), being below h.hi, does not pretend to. So one load decides, and only a
  * tie (rare for a hash; always exact) takes the slow path, which reads n and the lo words. */
-__attribute__((always_inline)) static inline unsigned rank_finish(const struct bt_node *nd,
-								  shardmap_hash h, int64_t x,
-								  unsigned lt)
+__attribute__((always_inline)) static inline size_t
+rank_finish(const struct bt_node *nd, shardmap_hash h, int64_t x, size_t lt)
 {
-	if (__builtin_expect(nd->hib[lt & (BT_WAY - 1)] == x, 0))
-		return rank_tie(nd, h);
+	if (__builtin_expect(nd->hib[lt & (BT_WAY - 1)] == x, 0)) {
+		/* Inlined rather than called, so the hot path needs no stack frame. */
+		lt = 0;
+		while (lt < nd->n && key_le(node_key(nd, lt), h))
+			lt++;
+	}
 	return lt;
 }
 
-__attribute__((always_inline)) static inline unsigned rank_scalar(const struct bt_node *nd,
-								  shardmap_hash h)
+__attribute__((always_inline)) static inline size_t rank_scalar(const struct bt_node *nd,
+								shardmap_hash h)
 {
 	int64_t x = bias(h.hi);
-	unsigned lt = 0;
+	size_t lt = 0;
 	for (unsigned i = 0; i < BT_WAY; i++)
 		lt += nd->hib[i] < x;
 	return rank_finish(nd, h, x, lt);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #define BT_HAVE_AVX2 1
 /* As rank_scalar, four hi words per compare: the 16 all-ones-or-zero lanes are packed down
  * to bytes (each key becomes two) and counted. */
-__attribute__((target("avx2,popcnt"), always_inline)) static inline unsigned
+__attribute__((target("avx2,popcnt"), always_inline)) static inline size_t
 rank_avx2(const struct bt_node *nd, shardmap_hash h)
 {
 	int64_t xs = bias(h.hi);
@@ -155,7 +163,7 @@ rank_avx2(const struct bt_node *nd, shardmap_hash h)
 	__m256i l2 = _mm256_cmpgt_epi64(x, _mm256_load_si256(p + 2));
 	__m256i l3 = _mm256_cmpgt_epi64(x, _mm256_load_si256(p + 3));
 	__m256i b = _mm256_packs_epi16(_mm256_packs_epi32(l0, l1), _mm256_packs_epi32(l2, l3));
-	unsigned lt = (unsigned)__builtin_popcount((unsigned)_mm256_movemask_epi8(b)) / 2;
+	size_t lt = (size_t)__builtin_popcount((unsigned)_mm256_movemask_epi8(b)) / 2;
 	return rank_finish(nd, h, xs, lt);
 }
 #endif
@@ -163,19 +171,19 @@ rank_avx2(const struct bt_node *nd, shardmap_hash h)
 /* The descent of find, instantiated once per node search. From the root's height and the
  * invariants (slot 0 of an inner node is 0, separators are exact) the rank in an inner node
  * is at least 1, and in a leaf it is 0 only below the tree's smallest start. */
-#define BT_DEFINE_FIND(name, rank, attr)                                                       \
-	attr static const void *name(const struct shardmap__btree *t, shardmap_hash h)         \
-	{                                                                                      \
-		const struct bt_node *nd = t->root;                                            \
-		if (nd == NULL)                                                                \
-			return NULL;                                                           \
-		for (unsigned level = t->height; level > 1; level--) {                         \
-			nd = nd->ptr[rank(nd, h) - 1];                                         \
-			__builtin_prefetch(&nd->ptr[0]);                                       \
-			__builtin_prefetch(&nd->ptr[BT_WAY / 2]);                              \
-		}                                                                              \
-		unsigned c = rank(nd, h);                                                      \
-		return c ? nd->ptr[c - 1] : NULL;                                              \
+#define BT_DEFINE_FIND(name, rank, attr)                                                           \
+	attr static const void *name(const struct shardmap__btree *t, shardmap_hash h)             \
+	{                                                                                          \
+		const struct bt_node *nd = t->root;                                                \
+		if (nd == NULL)                                                                    \
+			return NULL;                                                               \
+		for (unsigned level = t->height; level > 1; level--) {                             \
+			nd = nd->ptr[rank(nd, h) - 1];                                             \
+			__builtin_prefetch(&nd->ptr[0]);                                           \
+			__builtin_prefetch(&nd->ptr[BT_WAY / 2]);                                  \
+		}                                                                                  \
+		size_t c = rank(nd, h);                                                            \
+		return c ? nd->ptr[c - 1] : NULL;                                                  \
 	}
 
 BT_DEFINE_FIND(find_scalar, rank_scalar, )
@@ -359,11 +367,12 @@ static void remove_slot(struct bt_node *nd, unsigned i)
 }
 
 /* Split the full node x while inserting (k, ptr) at slot i: x keeps the first m of the 17
- * entries, the empty node r gets the rest. Returns the smallest key under r. */
-static shardmap_hash split_insert(struct bt_node *x, struct bt_node *r, unsigned i,
-				  shardmap_hash k, const void *ptr, int append)
+ * entries (all 16 old ones when appending at the right edge), the empty node r gets the rest.
+ * Returns the smallest key under r. */
+static shardmap_hash split_insert(struct bt_node *x, struct bt_node *r, unsigned i, shardmap_hash k,
+				  const void *ptr, int append)
 {
-	unsigned m = append ? BT_WAY - 1 : BT_WAY / 2 + 1;
+	unsigned m = append ? BT_WAY : BT_WAY / 2 + 1;
 	if (i < m) {
 		move_slots(r, 0, x, m - 1, BT_WAY - (m - 1));
 		r->n = BT_WAY - (m - 1);
@@ -432,8 +441,8 @@ static void link_path(struct shardmap__btree *tree, struct bt_path *p, const str
 
 /* ------------------------------------------------------------------ put */
 
-int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree,
-			shardmap_hash start, const void *value, const void **old)
+int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree, shardmap_hash start,
+			const void *value, const void **old)
 {
 	struct bt_path p;
 	struct bt_copies c;
@@ -511,10 +520,10 @@ int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree,
 
 /* How a level under half full is repaired, decided before anything changes. */
 struct bt_fix {
-	struct bt_node *sib; /* the sibling (its owned copy when it survives) */
+	enum { FIX_BORROW, FIX_MERGE, FIX_DROP } kind; /* DROP: an emptied node, no sibling */
+	struct bt_node *sib;	     /* the sibling (its owned copy when it survives) */
 	struct bt_node *sib_copy_of; /* the original sib replaced, NULL if none */
 	unsigned sib_idx;
-	int merge;
 };
 
 /* Move entries from s into x until they are balanced (x under half full, s with extra). */
@@ -557,18 +566,19 @@ static void borrow(struct bt_node *parent, unsigned xi, struct bt_node *x, unsig
 	}
 }
 
-/* Append r to its left neighbour l; sep is r's separator in the parent. */
+/* Append r to its left neighbour l; sep is r's separator in the parent. (An emptied node is
+ * always the right one: only the right edge holds nodes short enough to empty.) */
 static void merge_into(struct bt_node *l, struct bt_node *r, shardmap_hash sep)
 {
 	unsigned at = l->n;
 	move_slots(l, at, r, 0, r->n);
 	l->n += r->n;
-	if (!l->leaf)
+	if (!l->leaf && r->n > 0 && at > 0)
 		put_key(l, at, sep);
 }
 
-int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
-			shardmap_hash start, const void **old)
+int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree, shardmap_hash start,
+			const void **old)
 {
 	struct bt_path p;
 	struct bt_copies c;
@@ -590,11 +600,22 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
 		struct bt_node *up = p.node[l - 1], *x = c.node[l] ? c.node[l] : p.node[l];
 		unsigned xi = p.idx[l - 1], si = xi > 0 ? xi - 1 : xi + 1;
 		struct bt_fix *f = &fix[l];
+		f->sib_copy_of = NULL;
+		if (up->n == 1) {
+			/* No sibling: x is on the right edge, where an append split left it
+			 * short. It stays short, or goes when empty (its parent then empties). */
+			if (cnt > 0)
+				break;
+			if (shardmap__txn_retire(t, x) != 0)
+				return SHARDMAP_ENOMEM;
+			f->kind = FIX_DROP;
+			nfix++;
+			continue;
+		}
 		f->sib_idx = si;
 		f->sib = child(up, si);
-		f->sib_copy_of = NULL;
-		f->merge = cnt + f->sib->n <= BT_WAY;
-		if (f->merge && si > xi) {
+		f->kind = cnt + f->sib->n <= BT_WAY ? FIX_MERGE : FIX_BORROW;
+		if (f->kind == FIX_MERGE && si > xi) {
 			/* The sibling goes away: retire it, no need to copy. */
 			if (shardmap__txn_retire(t, f->sib) != 0)
 				return SHARDMAP_ENOMEM;
@@ -604,11 +625,11 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
 				if ((f->sib = copy_node(t, f->sib)) == NULL)
 					return SHARDMAP_ENOMEM;
 			}
-			if (f->merge && shardmap__txn_retire(t, x) != 0)
+			if (f->kind == FIX_MERGE && shardmap__txn_retire(t, x) != 0)
 				return SHARDMAP_ENOMEM;
 		}
 		nfix++;
-		if (!f->merge)
+		if (f->kind == FIX_BORROW)
 			break;
 		cnt = up->n - 1;
 	}
@@ -626,8 +647,8 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
 	if (old != NULL)
 		*old = x->ptr[pos];
 	if (pos == 0) {
-		/* start may be the separator of an ancestor: the leaf's next key replaces it (a
-		 * non-root leaf has two keys, so it exists). */
+		/* start may be the separator of an ancestor: the leaf's next key replaces it. (A
+		 * leaf with no next key empties, and the separator goes with it.) */
 		for (unsigned a = leaf; a-- > 0;) {
 			if (p.idx[a] > 0) {
 				copy_key(p.node[a], p.idx[a], x, 1);
@@ -641,9 +662,13 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
 		const struct bt_fix *f = &fix[lv];
 		unsigned xi = p.idx[lv - 1];
 		x = p.node[lv];
+		if (f->kind == FIX_DROP) {
+			remove_slot(up, xi);
+			continue;
+		}
 		if (f->sib_copy_of != NULL)
 			up->ptr[f->sib_idx] = f->sib;
-		if (!f->merge) {
+		if (f->kind == FIX_BORROW) {
 			borrow(up, xi, x, f->sib_idx, f->sib);
 			break;
 		}
@@ -676,8 +701,7 @@ static int foreach_rec(const struct bt_node *nd,
 }
 
 int shardmap__btree_foreach(const struct shardmap__btree *t,
-			    int (*fn)(void *ctx, shardmap_hash start, const void *value),
-			    void *ctx)
+			    int (*fn)(void *ctx, shardmap_hash start, const void *value), void *ctx)
 {
 	return t->root ? foreach_rec(t->root, fn, ctx) : 0;
 }
@@ -707,20 +731,21 @@ struct bt_check {
 	size_t count;
 };
 
-#define BT_CHECK(cond)                                                                         \
-	do {                                                                                   \
-		if (!(cond))                                                                   \
-			return __LINE__;                                                       \
+#define BT_CHECK(cond)                                                                             \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			return __LINE__;                                                           \
 	} while (0)
 
 /* Check the subtree nd at depth levels above the leaves; *min gets its smallest key. */
-static int check_rec(const struct bt_node *nd, unsigned levels, int is_root, struct bt_check *c,
-		     shardmap_hash *min)
+static int check_rec(const struct bt_node *nd, unsigned levels, int is_root, int right_edge,
+		     struct bt_check *c, shardmap_hash *min)
 {
 	BT_CHECK(((uintptr_t)nd & 63) == 0);
 	BT_CHECK(nd->leaf == (levels == 1));
 	BT_CHECK(nd->n <= BT_WAY);
-	BT_CHECK(nd->n >= (is_root ? (nd->leaf ? 1u : 2u) : 2u));
+	BT_CHECK(nd->n >= (is_root && !nd->leaf ? 2u : 1u));
+	BT_CHECK(nd->n >= 2 || is_root || right_edge); /* only the right edge may be short */
 	for (unsigned i = nd->n; i < BT_WAY; i++)
 		BT_CHECK(key_eq(node_key(nd, i), (shardmap_hash){UINT64_MAX, UINT64_MAX}) &&
 			 nd->ptr[i] == NULL);
@@ -739,7 +764,8 @@ static int check_rec(const struct bt_node *nd, unsigned levels, int is_root, str
 	for (unsigned i = 0; i < nd->n; i++) {
 		shardmap_hash sub_min;
 		BT_CHECK(nd->ptr[i] != NULL);
-		int rc = check_rec(child(nd, i), levels - 1, 0, c, &sub_min);
+		int rc = check_rec(child(nd, i), levels - 1, 0, right_edge && i + 1 == nd->n, c,
+				   &sub_min);
 		if (rc != 0)
 			return rc;
 		if (i == 0)
@@ -759,7 +785,7 @@ int shardmap__btree_check(const struct shardmap__btree *t)
 		return 0;
 	}
 	BT_CHECK(t->height > 0 && t->height <= BT_MAX_HEIGHT);
-	int rc = check_rec(t->root, t->height, 1, &c, &min);
+	int rc = check_rec(t->root, t->height, 1, 1, &c, &min);
 	if (rc != 0)
 		return rc;
 	BT_CHECK(c.count == t->count);

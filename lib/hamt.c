@@ -14,7 +14,14 @@
  * Changes are copy-on-write through a transaction (txn.h). A node the transaction does not own
  * is copied and the original retired; an owned node is changed in place. Each change does
  * every step that can fail (allocating, retiring) before its first write to a node reachable
- * from h, so on SHARDMAP_ENOMEM h still holds exactly what it held before the call.
+ * from h, so on SHARDMAP_ENOMEM h still holds exactly what it held before the call (the
+ * transaction must still abort: its retired list may name nodes h uses).
+ *
+ * Readers (get, foreach) take no lock and write nothing. A trie is published only as part of
+ * a map version (map.c: one release store, loaded by readers inside an epoch section). A
+ * published node is never written again: a writer changes in place only nodes its own
+ * transaction created, unreachable until their version is published. Replaced nodes are
+ * retired, and the map frees them only after the grace period of the version that used them.
  */
 #include <string.h>
 #include <xxhash.h>
@@ -26,15 +33,15 @@
 #define HAMT_MASK 31u
 
 struct hamt_slot {
-	uint64_t hash;     /* entry: the key's hash; child: its collision hash, if it is one */
-	const char *key;   /* NULL: value is a child node */
+	uint64_t hash;	 /* entry: the key's hash; child: its collision hash, if it is one */
+	const char *key; /* NULL: value is a child node */
 	const void *value;
 };
 
 struct hamt_node {
 	struct shardmap__node_hdr hdr;
 	uint32_t bitmap; /* bit c set: slot for hash chunk c present; 0 marks a collision node */
-	uint32_t count;  /* slots in use */
+	uint32_t count;	 /* slots in use */
 	struct hamt_slot slot[];
 };
 
@@ -50,9 +57,23 @@ static inline uint32_t chunk_bit(uint64_t hash, unsigned shift)
 	return 1u << ((hash >> shift) & HAMT_MASK);
 }
 
+/* Without -mpopcnt, __builtin_popcount is a call into libgcc (it was a tenth of a whole
+ * route lookup); this is the same count, inline. */
+static inline unsigned popcount32(uint32_t x)
+{
+#ifdef __POPCNT__
+	return (unsigned)__builtin_popcount(x);
+#else
+	x = x - ((x >> 1) & 0x55555555u);
+	x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+	x = (x + (x >> 4)) & 0x0f0f0f0fu;
+	return (x * 0x01010101u) >> 24;
+#endif
+}
+
 static inline unsigned slot_index(uint32_t bitmap, uint32_t bit)
 {
-	return (unsigned)__builtin_popcount(bitmap & (bit - 1));
+	return popcount32(bitmap & (bit - 1));
 }
 
 static inline int is_collision(const struct hamt_node *n)
@@ -89,7 +110,7 @@ const void *shardmap__hamt_get(const struct shardmap__hamt *h, uint64_t hash, co
 static struct hamt_node *node_new(struct shardmap__txn *t, uint32_t bitmap, uint32_t count)
 {
 	struct hamt_node *n =
-		shardmap__txn_node(t, sizeof *n + (size_t)count * sizeof(struct hamt_slot));
+	    shardmap__txn_node(t, sizeof *n + (size_t)count * sizeof(struct hamt_slot));
 	if (n != NULL) {
 		n->bitmap = bitmap;
 		n->count = count;
@@ -288,8 +309,8 @@ struct del_result {
 	struct hamt_slot entry;
 };
 
-static int retire_for_entry(struct shardmap__txn *t, struct hamt_node *n,
-			    const struct hamt_slot *e, struct del_result *r)
+static int retire_for_entry(struct shardmap__txn *t, struct hamt_node *n, const struct hamt_slot *e,
+			    struct del_result *r)
 {
 	if (shardmap__txn_retire(t, n) != 0)
 		return SHARDMAP_ENOMEM;
@@ -420,10 +441,10 @@ void shardmap__hamt_free_nodes(struct shardmap__mem *mem, struct shardmap__hamt 
 
 /* ------------------------------------------------------------------ checking (tests) */
 
-#define HAMT_CHECK(cond)                                                                       \
-	do {                                                                                   \
-		if (!(cond))                                                                   \
-			return __LINE__;                                                       \
+#define HAMT_CHECK(cond)                                                                           \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			return __LINE__;                                                           \
 	} while (0)
 
 /* Check the subtree n reached through hash prefix `prefix` (its low `shift` bits). */
@@ -444,7 +465,7 @@ static int check_rec(const struct hamt_node *n, unsigned shift, uint64_t prefix,
 		return 0;
 	}
 	HAMT_CHECK(shift < 64);
-	HAMT_CHECK((uint32_t)__builtin_popcount(n->bitmap) == n->count);
+	HAMT_CHECK(popcount32(n->bitmap) == n->count);
 	int has_child = 0;
 	uint32_t bits = n->bitmap;
 	for (uint32_t i = 0; i < n->count; i++, bits &= bits - 1) {
@@ -452,8 +473,9 @@ static int check_rec(const struct hamt_node *n, unsigned shift, uint64_t prefix,
 		uint64_t c = (uint64_t)__builtin_ctz(bits);
 		uint64_t sub_prefix = prefix | c << shift;
 		if (s->key != NULL) {
-			uint64_t mask = shift + HAMT_BITS >= 64 ? UINT64_MAX
-								: ((uint64_t)1 << (shift + HAMT_BITS)) - 1;
+			uint64_t mask = shift + HAMT_BITS >= 64
+					    ? UINT64_MAX
+					    : ((uint64_t)1 << (shift + HAMT_BITS)) - 1;
 			HAMT_CHECK((s->hash & mask) == sub_prefix);
 			(*count)++;
 			continue;

@@ -57,9 +57,8 @@ static int injected_failure(void)
 {
 	long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
 	while (n > 0) {
-		if (atomic_compare_exchange_weak_explicit(&fail_countdown, &n, n - 1,
-							  memory_order_relaxed,
-							  memory_order_relaxed))
+		if (atomic_compare_exchange_weak_explicit(
+			&fail_countdown, &n, n - 1, memory_order_relaxed, memory_order_relaxed))
 			return n == 1;
 	}
 	return 0;
@@ -113,8 +112,8 @@ static void *mem_alloc(struct shardmap__mem *mem, size_t align, size_t size, int
 		size = 1; /* mallocx(0) is undefined */
 #ifdef SHARDMAP_HAVE_JEMALLOC
 	if (mem->use_arena) {
-		int flags = mem->flags | (zero ? MALLOCX_ZERO : 0) |
-			    (align > 1 ? MALLOCX_ALIGN(align) : 0);
+		int flags =
+		    mem->flags | (zero ? MALLOCX_ZERO : 0) | (align > 1 ? MALLOCX_ALIGN(align) : 0);
 		return counted(mallocx(size, flags));
 	}
 #endif
