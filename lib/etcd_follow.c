@@ -113,8 +113,6 @@ static int start(struct follower *f, struct shardmap__etcd_req *r, const char *p
 		return SHARDMAP_ENOMEM;
 	}
 	bump(&f->x->store_requests);
-	/* Relaxed: statistics. */
-	atomic_fetch_add_explicit(&f->s->requests, 1, memory_order_relaxed);
 	return SHARDMAP_OK;
 }
 
@@ -500,7 +498,9 @@ static void on_task(struct shardmap__task *t, void *ctx, uint32_t events)
 		f->retry_due = 0;
 	}
 	run_curl(f, events);
-	/* Relaxed: the flag carries no data; the wake that follows it runs this callback. */
+	/* Relaxed: the flag carries no data. follower_catch_up sets it before task_wake, whose
+	 * worker lock orders it before this callback; a set that races past still stays set
+	 * for the next run. */
 	if (atomic_exchange_explicit(&f->catch_up, 0, memory_order_relaxed))
 		catch_up_now(f);
 	uint64_t now = shardmap__now_ms();

@@ -166,6 +166,10 @@ void shardmap__etcd_req_reply(struct shardmap__etcd_req *r, CURLcode cc,
 		return;
 	}
 	curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &rep->http);
+	if (rep->http == 200 && json == NULL) { /* the caller decodes the text itself */
+		rep->transport_ok = 1;
+		return;
+	}
 	json_error_t err;
 	json_t *j = r->len ? json_loadb(r->buf, r->len, 0, &err) : NULL;
 	if (rep->http >= 500 || (rep->http != 200 && !json_is_object(j))) {
@@ -200,7 +204,7 @@ int shardmap__etcd_compacted(const struct shardmap__etcd_reply *rep)
 
 /* ---------------------------------------------------------------- the blocking call */
 
-static void sleep_ns(uint64_t ns)
+void shardmap__etcd_sleep_ns(uint64_t ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
 	                      .tv_nsec = (long)(ns % 1000000000u)};
@@ -208,8 +212,8 @@ static void sleep_ns(uint64_t ns)
 		;
 }
 
-int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, json_t **json,
-                        struct shardmap__etcd_reply *rep)
+int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, int continued,
+                        json_t **json, struct shardmap__etcd_reply *rep)
 {
 	struct shardmap__backoff bo;
 	shardmap__backoff_init(&bo, SHARDMAP__ETCD_BACKOFF_BASE_MS * 1000000u,
@@ -224,12 +228,14 @@ int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, 
 	*json = NULL;
 	for (unsigned a = 0; a < attempts; a++) {
 		uint64_t wait = 0;
-		/* the bucket spaces requests out; waiting for a token is not a failed attempt */
-		while (!shardmap__bucket_take(&s->bucket, shardmap__monotonic_ns(), &wait))
-			sleep_ns(wait);
+		/* the bucket spaces operations out (a snapshot takes one token, not one per
+		 * page); waiting for a token is not a failed attempt */
+		while ((a > 0 || !continued) &&
+		       !shardmap__bucket_take(&s->bucket, shardmap__monotonic_ns(), &wait))
+			shardmap__etcd_sleep_ns(wait);
 		if (!shardmap__breaker_allow(&s->breaker, shardmap__monotonic_ns(), &wait)) {
 			snprintf(rep->msg, sizeof rep->msg, "circuit breaker open after repeated failures");
-			sleep_ns(wait < SHARDMAP__ETCD_BACKOFF_MAX_MS * 1000000u
+			shardmap__etcd_sleep_ns(wait < SHARDMAP__ETCD_BACKOFF_MAX_MS * 1000000u
 			             ? wait
 			             : SHARDMAP__ETCD_BACKOFF_MAX_MS * 1000000u);
 			continue;
@@ -242,8 +248,6 @@ int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, 
 			free(body);
 			return SHARDMAP_ENOMEM;
 		}
-		/* Relaxed: statistics. */
-		atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
 		CURLcode cc = curl_easy_perform(r.easy);
 		shardmap__etcd_req_reply(&r, cc, rep, json);
 		shardmap__etcd_easy_put(s, shardmap__etcd_req_release(&r));
@@ -255,11 +259,10 @@ int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, 
 			free(body);
 			return rep->http == 200 ? SHARDMAP_OK : SHARDMAP_EINVAL;
 		}
-		atomic_fetch_add_explicit(&s->failures, 1, memory_order_relaxed);
 		ambiguous |= rep->sent;
 		ep = (ep + 1) % (unsigned)s->n_endpoints;
 		if (a + 1 < attempts)
-			sleep_ns(shardmap__backoff_next(&bo));
+			shardmap__etcd_sleep_ns(shardmap__backoff_next(&bo));
 	}
 	rep->ambiguous = ambiguous;
 	free(body);

@@ -59,10 +59,10 @@ int shardmap__etcd_put_op(shardmap_delta *d, const struct shardmap__etcd_key *k,
 /* Append to d the op that deleting key means (nothing for the version key). */
 int shardmap__etcd_delete_op(shardmap_delta *d, const struct shardmap__etcd_key *k);
 
-/* The body of the one transaction that writes d: compare that no key under prefix changed
- * after d->from_version, then the puts and deletes of d's ops (the last op on a key wins;
- * delete_stream also deletes the stream's shard keys) and a put of PREFIX/version with
- * write_id. Returns the body, or NULL with why set: SHARDMAP_EINVAL (a delta etcd cannot
+/* The body of the one transaction that writes d: compare that no shardmap write landed
+ * after d->from_version (PREFIX/version's mod_revision <= from_version), then the puts and
+ * deletes of d's ops (the last op on a key wins; delete_stream also deletes the stream's
+ * shard keys) and a put of PREFIX/version with write_id. Returns the body, or NULL with why set: SHARDMAP_EINVAL (a delta etcd cannot
  * take in one transaction: it deletes a stream and also writes one of its shards),
  * SHARDMAP_ENOMEM. */
 json_t *shardmap__etcd_txn_body(const char *prefix, const shardmap_delta *d,

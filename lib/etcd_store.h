@@ -17,7 +17,7 @@
 #include "ratelimit.h"
 #include "store.h"
 
-#define SHARDMAP__ETCD_PAGE 1000        /* keys per range page (URI option page=) */
+#define SHARDMAP__ETCD_PAGE 10000       /* keys per range page (URI option page=) */
 #define SHARDMAP__ETCD_RATE 100.0       /* requests per second per store (rate=) */
 #define SHARDMAP__ETCD_BURST 50         /* (burst=) */
 #define SHARDMAP__ETCD_TIMEOUT_MS 10000 /* one unary request (timeout_ms=) */
@@ -46,8 +46,6 @@ struct shardmap__etcd {
 	uint64_t snap_revision; /* so a follower starting at that version watches from there */
 	CURL *idle[4];         /* easy handles kept for their open connections */
 	unsigned n_idle;
-	/* statistics (relaxed: counters only) */
-	_Atomic uint64_t requests, failures;
 };
 
 /* One HTTP request to the gateway and its answer. */
@@ -84,7 +82,8 @@ struct shardmap__etcd_reply {
 int shardmap__etcd_req_setup(struct shardmap__etcd *s, struct shardmap__etcd_req *r, CURL *easy,
                              unsigned endpoint, const char *path, char *body,
                              int (*stream_fn)(void *ctx, char *line, size_t len), void *ctx);
-/* Classify a finished transfer; for HTTP 200 parse the answer into *json (unary only). */
+/* Classify a finished transfer; for HTTP 200 parse the answer into *json (unary only; with
+ * json NULL an HTTP 200 answer is left undecoded in r->buf). */
 void shardmap__etcd_req_reply(struct shardmap__etcd_req *r, CURLcode cc,
                               struct shardmap__etcd_reply *rep, json_t **json);
 /* Free r's buffers; the easy handle is returned (the caller keeps or cleans it up). */
@@ -92,11 +91,15 @@ CURL *shardmap__etcd_req_release(struct shardmap__etcd_req *r);
 
 /* A unary request with failover (blocking): starts at the preferred endpoint, moves to the
  * next on a transport failure, retries with jittered backoff, each attempt through the
- * token bucket and the circuit breaker. body is taken over.
+ * circuit breaker and, unless it continues an operation that already took one (a further
+ * page of a snapshot: continued != 0), the token bucket. body is taken over.
  * Returns 0 with *json the answer (HTTP 200); SHARDMAP_EINVAL when etcd refused the request
  * (rep->code and rep->msg say why); SHARDMAP_EIO when every attempt failed; ENOMEM. */
-int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, json_t **json,
-                        struct shardmap__etcd_reply *rep);
+int shardmap__etcd_call(struct shardmap__etcd *s, const char *path, char *body, int continued,
+                        json_t **json, struct shardmap__etcd_reply *rep);
+
+/* Sleep (a blocking call waiting for a token or a backoff). */
+void shardmap__etcd_sleep_ns(uint64_t ns);
 
 /* Is the refusal "required revision has been compacted"? */
 int shardmap__etcd_compacted(const struct shardmap__etcd_reply *rep);

@@ -4,15 +4,15 @@
  * and for maps (load, follow).
  *
  * Versions are etcd revisions. The version of the data under PREFIX is the revision of its
- * last change: every write through shardmap also puts PREFIX/version, so after a shardmap
- * write it is that write's revision, and the highest mod_revision under the prefix says it
- * (version()). load reads everything under the prefix in pages pinned to one revision and
- * delivers it as one delta from 0 to that version. write is one transaction whose compare
- * asks that no key under the prefix changed after the delta's from_version: of two control
- * planes that planned from the same version exactly one wins, the other gets
- * SHARDMAP_ECONFLICT. The follower (etcd_follow.c) applies each revision's events as a
- * delta from the map's version to that revision, so a follower's version is always the
- * revision of the last change it applied. Layout and formats: docs/etcd.md.
+ * last change. load reads everything under the prefix in pages pinned to one revision and
+ * delivers it as one delta from 0 to the highest mod_revision it saw. The follower
+ * (etcd_follow.c) applies each revision's events as a delta from the map's version to that
+ * revision, so a map's version is always the revision of the last change it has, the same
+ * on every front-end. Every write through shardmap also puts PREFIX/version, so after a
+ * shardmap write the store's version is that write's revision; version() reads that one
+ * key. write is one transaction whose compare asks that PREFIX/version was not written
+ * after the delta's from_version: of two control planes that planned from the same version
+ * exactly one wins, the other gets SHARDMAP_ECONFLICT. Layout and formats: docs/etcd.md.
  *
  * Concurrent loads (and concurrent version() calls) of one store share one request
  * (single flight); every request passes the store's token bucket and circuit breaker
@@ -217,39 +217,203 @@ static void snap_release(struct shared_snap *sh)
 	}
 }
 
-/* Read everything under the prefix at one revision. Restarts (a few times) when that
+/* The page after the one being decoded, already requested on a private multi handle that
+ * this thread drives, so etcd serves page i + 1 while page i is decoded. */
+struct ahead {
+	CURLM *multi;
+	struct shardmap__etcd_req req;
+	int on;            /* a request is in flight */
+	char *start;       /* the raw key it starts at (NULL: the prefix's first key) */
+	size_t start_len;
+	uint64_t revision; /* the revision it is pinned to (0: the first page) */
+};
+
+static void ahead_cancel(struct shardmap__etcd *s, struct ahead *a)
+{
+	if (a->on) {
+		curl_multi_remove_handle(a->multi, a->req.easy);
+		shardmap__etcd_easy_put(s, shardmap__etcd_req_release(&a->req));
+		a->on = 0;
+	}
+	free(a->start);
+	a->start = NULL;
+	a->start_len = 0;
+}
+
+/* Request the page that starts at at (a snapshot state: its next_key and revision). Takes
+ * over at->next_key. Quietly does nothing when it cannot (the caller then fetches the page
+ * the ordinary way) or while the circuit breaker is not closed. */
+static void ahead_start(struct shardmap__etcd *s, struct ahead *a,
+                        const struct shardmap__etcd_snap *at)
+{
+	ahead_cancel(s, a);
+	a->start = at->next_key;
+	a->start_len = at->next_len;
+	a->revision = at->revision;
+	if (shardmap__breaker_state(&s->breaker, shardmap__monotonic_ns()) !=
+	    SHARDMAP__BREAKER_CLOSED)
+		return;
+	json_t *req = shardmap__etcd_snap_request(at);
+	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	/* Relaxed: the preferred endpoint is a hint. */
+	unsigned ep = atomic_load_explicit(&s->preferred, memory_order_relaxed);
+	if (body == NULL || shardmap__etcd_req_setup(s, &a->req, shardmap__etcd_easy_get(s), ep,
+	                                             "/v3/kv/range", body, NULL, NULL) != 0)
+		return;
+	if (curl_multi_add_handle(a->multi, a->req.easy) != CURLM_OK) {
+		shardmap__etcd_easy_put(s, shardmap__etcd_req_release(&a->req));
+		return;
+	}
+	a->on = 1;
+	int running;
+	curl_multi_perform(a->multi, &running); /* the request leaves now */
+}
+
+static int ahead_is_for(const struct ahead *a, const struct shardmap__etcd_snap *snap)
+{
+	return a->on && a->revision == snap->revision && a->start_len == snap->next_len &&
+	       (a->start_len == 0 || memcmp(a->start, snap->next_key, a->start_len) == 0);
+}
+
+/* Wait for the page requested ahead. Returns its text (HTTP 200; *len bytes, the caller
+ * frees it) or NULL with *rep saying what went wrong. */
+static char *ahead_take(struct shardmap__etcd *s, struct ahead *a, size_t *len,
+                        struct shardmap__etcd_reply *rep)
+{
+	int running = 1;
+	CURLcode cc = CURLE_OK;
+	while (running) {
+		curl_multi_perform(a->multi, &running);
+		if (running)
+			curl_multi_poll(a->multi, NULL, 0, 1000, NULL);
+	}
+	CURLMsg *msg;
+	int left;
+	while ((msg = curl_multi_info_read(a->multi, &left)) != NULL)
+		if (msg->msg == CURLMSG_DONE)
+			cc = msg->data.result;
+	curl_multi_remove_handle(a->multi, a->req.easy);
+	a->on = 0;
+	shardmap__etcd_req_reply(&a->req, cc, rep, NULL);
+	shardmap__breaker_report(&s->breaker, shardmap__monotonic_ns(), rep->transport_ok);
+	char *text = NULL;
+	if (rep->transport_ok && rep->http == 200) {
+		text = a->req.buf ? a->req.buf : strdup("");
+		*len = a->req.len;
+		a->req.buf = NULL; /* now the caller's */
+	}
+	shardmap__etcd_easy_put(s, shardmap__etcd_req_release(&a->req));
+	return text;
+}
+
+/* A guess at where the page after this one starts, from the answer's text before it is
+ * decoded: the last "key" field (keys and values are base64, so the pattern cannot occur
+ * inside one) and the header's revision. Only a guess: the decode checks it, and a wrong
+ * one costs one wasted request. Returns 1 with *next set (its next_key malloc'ed). */
+static int peek_next(const char *text, size_t len, const struct shardmap__etcd_snap *snap,
+                     struct shardmap__etcd_snap *next)
+{
+	static const char pat[] = "\"key\":\"";
+	const size_t pl = sizeof pat - 1;
+	if (strstr(text, "\"more\":true") == NULL || len < pl)
+		return 0;
+	const char *last = NULL;
+	for (const char *p = text + len - pl; p >= text && last == NULL; p--)
+		if (memcmp(p, pat, pl) == 0)
+			last = p + pl;
+	const char *rev = strstr(text, "\"revision\":\"");
+	if (last == NULL || rev == NULL)
+		return 0;
+	char *kb = strndup(last, strcspn(last, "\""));
+	char *raw = NULL;
+	size_t raw_len;
+	int ok = kb != NULL && shardmap__b64_decode(kb, &raw, &raw_len) == 0;
+	free(kb);
+	if (!ok)
+		return 0;
+	*next = *snap; /* only the request's fields matter */
+	next->next_key = raw; /* its NUL makes len + 1 bytes the successor key */
+	next->next_len = raw_len + 1;
+	if (next->revision == 0)
+		next->revision = strtoull(rev + 12, NULL, 10);
+	return 1;
+}
+
+/* Read everything under the prefix at one revision, page by page, each page requested
+ * while the previous one is decoded. A page the read-ahead could not get is fetched with
+ * failover and backoff (shardmap__etcd_call). Restarts (a few times) when the pinned
  * revision is compacted away between pages. */
 static int read_snapshot(struct shardmap__etcd *s, shardmap_delta **out, shardmap_error *why)
 {
 	struct shardmap__etcd_snap snap;
-	if (shardmap__etcd_snap_init(&snap, s->prefix, s->page) != 0)
+	struct ahead a = {.multi = curl_multi_init()};
+	if (a.multi == NULL || shardmap__etcd_snap_init(&snap, s->prefix, s->page) != 0) {
+		if (a.multi != NULL)
+			curl_multi_cleanup(a.multi);
 		return shardmap__error_set(why, SHARDMAP_ENOMEM, SIZE_MAX, "out of memory");
+	}
+	/* the whole snapshot takes one token: its pages continue one operation */
+	uint64_t wait = 0;
+	while (!shardmap__bucket_take(&s->bucket, shardmap__monotonic_ns(), &wait))
+		shardmap__etcd_sleep_ns(wait);
 	int rc = SHARDMAP_OK, restarts = 0;
 	while (!snap.done) {
-		json_t *req = shardmap__etcd_snap_request(&snap), *resp = NULL;
-		char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
-		json_decref(req);
-		if (body == NULL) {
-			rc = shardmap__error_set(why, SHARDMAP_ENOMEM, SIZE_MAX, "out of memory");
-			break;
+		if (!ahead_is_for(&a, &snap)) { /* nothing ahead, or a wrong guess */
+			struct shardmap__etcd_snap at = snap;
+			at.next_key = NULL;
+			if (snap.next_key != NULL && (at.next_key = malloc(snap.next_len)) != NULL)
+				memcpy(at.next_key, snap.next_key, snap.next_len);
+			if (snap.next_key == NULL || at.next_key != NULL)
+				ahead_start(s, &a, &at);
 		}
-		struct shardmap__etcd_reply rep;
-		rc = shardmap__etcd_call(s, "/v3/kv/range", body, &resp, &rep);
-		if (rc == SHARDMAP_EINVAL && shardmap__etcd_compacted(&rep) && restarts++ < 5) {
+		struct shardmap__etcd_reply rep = {0};
+		json_t *resp = NULL;
+		size_t len = 0;
+		char *text = a.on ? ahead_take(s, &a, &len, &rep) : NULL;
+		if (text != NULL) {
+			struct shardmap__etcd_snap next;
+			if (peek_next(text, len, &snap, &next))
+				ahead_start(s, &a, &next);
+			resp = json_loadb(text, len, 0, NULL);
+			free(text);
+		}
+		if (resp == NULL && !shardmap__etcd_compacted(&rep)) {
+			/* the ordinary way: failover, backoff, the breaker */
+			json_t *req = shardmap__etcd_snap_request(&snap);
+			char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+			json_decref(req);
+			if (body == NULL) {
+				rc = shardmap__error_set(why, SHARDMAP_ENOMEM, SIZE_MAX, "out of memory");
+				break;
+			}
+			rc = shardmap__etcd_call(s, "/v3/kv/range", body, 1, &resp, &rep);
+			if (rc != 0 && !shardmap__etcd_compacted(&rep)) {
+				rc = shardmap__error_set(why, rc == SHARDMAP_ENOMEM ? rc : SHARDMAP_EIO,
+				                         SIZE_MAX, "etcd range of %s/ (page %zu): %s",
+				                         s->prefix, snap.pages + 1, rep.msg);
+				break;
+			}
+		}
+		if (resp == NULL) { /* compacted: start again at the current revision */
+			if (restarts++ == 5) {
+				rc = shardmap__error_set(why, SHARDMAP_EIO, SIZE_MAX,
+				                         "etcd range of %s/: %s, five times", s->prefix,
+				                         rep.msg);
+				break;
+			}
+			ahead_cancel(s, &a);
 			shardmap__etcd_snap_reset(&snap);
+			rc = SHARDMAP_OK;
 			continue;
-		}
-		if (rc != 0) {
-			rc = shardmap__error_set(why, rc == SHARDMAP_ENOMEM ? rc : SHARDMAP_EIO, SIZE_MAX,
-			                         "etcd range of %s/ (page %zu): %s", s->prefix,
-			                         snap.pages + 1, rep.msg);
-			break;
 		}
 		rc = shardmap__etcd_snap_take(&snap, resp, why);
 		json_decref(resp);
 		if (rc != 0)
 			break;
 	}
+	ahead_cancel(s, &a);
+	curl_multi_cleanup(a.multi);
 	uint64_t revision = snap.revision;
 	if (rc == 0)
 		rc = shardmap__etcd_snap_finish(&snap, out, why);
@@ -289,38 +453,49 @@ static int etcd_load(shardmap_store *st, int (*sink)(void *ctx, const shardmap_d
 
 /* ---------------------------------------------------------------- version */
 
-static int read_version(struct shardmap__etcd *s, uint64_t *out)
+/* The mod_revision of the first key of a range (0 when the range is empty). */
+static int first_mod(struct shardmap__etcd *s, json_t *req, uint64_t *out)
 {
-	char *pk = NULL, *pe = NULL;
-	if (shardmap__etcd_prefix_range(s->prefix, &pk, &pe) != 0)
-		return SHARDMAP_ENOMEM;
-	/* the newest key under the prefix: its mod_revision is the version */
-	json_t *req = json_pack("{s:s, s:s, s:b, s:s, s:s, s:i}", "key", pk, "range_end", pe,
-	                        "keys_only", 1, "sort_target", "MOD", "sort_order", "DESCEND",
-	                        "limit", 1);
-	free(pk);
-	free(pe);
 	char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);
 	if (body == NULL)
 		return SHARDMAP_ENOMEM;
 	json_t *resp;
 	struct shardmap__etcd_reply rep;
-	int rc = shardmap__etcd_call(s, "/v3/kv/range", body, &resp, &rep);
+	int rc = shardmap__etcd_call(s, "/v3/kv/range", body, 0, &resp, &rep);
 	if (rc != 0) {
 		shardmap__etcd_log("version of %s: %s", s->prefix, rep.msg);
 		return rc == SHARDMAP_ENOMEM ? rc : SHARDMAP_EIO;
 	}
-	json_t *kvs = json_object_get(resp, "kvs");
-	uint64_t v = json_array_size(kvs) ? shardmap__etcd_u64(json_array_get(kvs, 0),
-	                                                         "mod_revision")
-	                                  : shardmap__etcd_u64(json_object_get(resp, "header"),
-	                                                       "revision");
+	*out = shardmap__etcd_u64(json_array_get(json_object_get(resp, "kvs"), 0), "mod_revision");
 	json_decref(resp);
-	if (v == 0)
-		return SHARDMAP_EIO;
-	*out = v;
 	return SHARDMAP_OK;
+}
+
+static int read_version(struct shardmap__etcd *s, uint64_t *out)
+{
+	/* PREFIX/version: the revision of the last shardmap write, one key */
+	char *key = shardmap__etcd_key_make(s->prefix, SHARDMAP__ETCD_VERSION, NULL, NULL);
+	char *kb = key ? shardmap__b64_encode(key, strlen(key)) : NULL;
+	free(key);
+	if (kb == NULL)
+		return SHARDMAP_ENOMEM;
+	int rc = first_mod(s, json_pack("{s:s, s:b}", "key", kb, "keys_only", 1), out);
+	free(kb);
+	if (rc != 0 || *out != 0)
+		return rc;
+	/* no shardmap write yet (a map entered by hand, or nothing): the newest key */
+	char *pk = NULL, *pe = NULL;
+	if (shardmap__etcd_prefix_range(s->prefix, &pk, &pe) != 0)
+		return SHARDMAP_ENOMEM;
+	rc = first_mod(s,
+	               json_pack("{s:s, s:s, s:b, s:s, s:s, s:i}", "key", pk, "range_end", pe,
+	                         "keys_only", 1, "sort_target", "MOD", "sort_order", "DESCEND",
+	                         "limit", 1),
+	               out);
+	free(pk);
+	free(pe);
+	return rc;
 }
 
 static int etcd_version(shardmap_store *st, uint64_t *out)
@@ -353,7 +528,7 @@ static int write_landed(struct shardmap__etcd *s, const char *write_id)
 	free(key);
 	json_t *resp = NULL;
 	struct shardmap__etcd_reply rep;
-	if (body == NULL || shardmap__etcd_call(s, "/v3/kv/range", body, &resp, &rep) != 0)
+	if (body == NULL || shardmap__etcd_call(s, "/v3/kv/range", body, 0, &resp, &rep) != 0)
 		return 0;
 	const char *vb = json_string_value(
 	    json_object_get(json_array_get(json_object_get(resp, "kvs"), 0), "value"));
@@ -388,7 +563,7 @@ static int etcd_write(shardmap_store *st, const shardmap_delta *d)
 		return SHARDMAP_ENOMEM;
 	json_t *resp = NULL;
 	struct shardmap__etcd_reply rep;
-	int rc = shardmap__etcd_call(s, "/v3/kv/txn", body, &resp, &rep);
+	int rc = shardmap__etcd_call(s, "/v3/kv/txn", body, 0, &resp, &rep);
 	if (rc == SHARDMAP_EINVAL) {
 		/* e.g. more ops than etcd's --max-txn-ops, or a request over --max-request-bytes */
 		shardmap__etcd_log("etcd refused the transaction on %s (%zu ops): %s", s->prefix,
