@@ -12,8 +12,13 @@
  *     reached everyone;
  *   - frames sent per node per delta (anti-entropy traffic during the deltas included);
  *   - threads and open sockets the fleet adds to the process, resident memory it adds,
- *     and memory per known peer (resident growth while every node learns every address).
+ *     and memory per known peer (resident and allocator growth while every node learns
+ *     every address);
+ *   - for shardmap, the time until 90% of the nodes have a delta: the epidemic push reaches
+ *     most of the fleet (~94% with fanout 3) within milliseconds, the last few nodes are reached by
+ * anti-entropy, so the tail follows --interval (default 200 ms here; the library's default is 1 s).
  * Every node starts from the same base version (as if bootstrapped from the store).
+ * --key SECRET runs shardmap with HMAC-SHA256 on every frame.
  *
  * The baseline needs N*(N-1) + N threads (an acceptor per node plus a thread per peer):
  * 9,900 + 100 at 100 nodes, 999,000 + 1,000 at 1,000 nodes, more than pid_max (32,768 on
@@ -37,6 +42,7 @@
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #ifdef SHARDMAP_HAVE_JEMALLOC
 #include <jemalloc/jemalloc.h>
@@ -48,11 +54,11 @@
 #include "model.h"
 #include "peers.h"
 
-#define MAX_SIZES 8
-#define MAX_RUNS 32
-#define CONVERGE_DEADLINE_NS (60ull * 1000000000ull)
+#define MAX_SIZES		8
+#define MAX_RUNS		32
+#define CONVERGE_DEADLINE_NS	(60ull * 1000000000ull)
 #define BROKEN_VIEW_DEADLINE_NS (5ull * 1000000000ull) /* a half-built view never converges */
-#define WARMUP_DELTAS 5
+#define WARMUP_DELTAS		5
 
 struct params {
 	unsigned sizes[MAX_SIZES];
@@ -64,6 +70,7 @@ struct params {
 	unsigned long baseline_max_threads;
 	int capped;
 	int skip_baseline, skip_ours;
+	const char *key; /* shared HMAC key for ours, NULL = none */
 };
 
 /* ---------------------------------------------------------------- the process */
@@ -144,8 +151,8 @@ static struct tracker {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	uint64_t target;
-	size_t reached, n, n95;
-	uint64_t last_ns, t95_ns; /* when the last node, and 95% of them, published target */
+	size_t reached, n, n90;
+	uint64_t last_ns, t90_ns; /* when the last node, and 90% of them, published target */
 } trk = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0};
 
 static void on_publish(void *ctx, const struct shardmap__version *v, const shardmap_delta *d)
@@ -153,8 +160,8 @@ static void on_publish(void *ctx, const struct shardmap__version *v, const shard
 	pthread_mutex_lock(&trk.lock);
 	if (v->version == trk.target) {
 		trk.reached++;
-		if (trk.reached == trk.n95)
-			trk.t95_ns = bench_now_ns();
+		if (trk.reached == trk.n90)
+			trk.t90_ns = bench_now_ns();
 		if (trk.reached == trk.n) {
 			trk.last_ns = bench_now_ns();
 			pthread_cond_broadcast(&trk.cond);
@@ -169,14 +176,14 @@ static void track(uint64_t target, size_t n)
 	trk.target = target;
 	trk.reached = 0;
 	trk.n = n;
-	trk.n95 = (n * 95 + 99) / 100;
-	trk.last_ns = trk.t95_ns = 0;
+	trk.n90 = (n * 90 + 99) / 100;
+	trk.last_ns = trk.t90_ns = 0;
 	pthread_mutex_unlock(&trk.lock);
 }
 
 /* Wait until every node published the target. Returns the time the last one did, 0 on
- * timeout (*reached gets how many made it, *t95 when 95% had). */
-static uint64_t wait_converged(uint64_t deadline_ns, size_t *reached, uint64_t *t95)
+ * timeout (*reached gets how many made it, *t90 when 90% had). */
+static uint64_t wait_converged(uint64_t deadline_ns, size_t *reached, uint64_t *t90)
 {
 	struct timespec dl;
 	clock_gettime(CLOCK_REALTIME, &dl);
@@ -194,7 +201,7 @@ static uint64_t wait_converged(uint64_t deadline_ns, size_t *reached, uint64_t *
 	}
 	uint64_t t = trk.reached == trk.n ? trk.last_ns : 0;
 	*reached = trk.reached;
-	*t95 = trk.t95_ns;
+	*t90 = trk.t90_ns;
 	pthread_mutex_unlock(&trk.lock);
 	return t;
 }
@@ -210,10 +217,10 @@ static shardmap_delta *base_delta(void)
 	bench_check_rc(shardmap_delta_put_cell(d, "cell-b", ep, 1), "put_cell");
 	bench_check_rc(shardmap_delta_put_stream(d, "orders", SHARDMAP_HASH_XXH3), "put_stream");
 	shardmap_shard s = {.id = "shardId-000000000000",
-	                    .start = {0, 0},
-	                    .end = {UINT64_MAX, UINT64_MAX},
-	                    .open = 1,
-	                    .owner_cell = "cell-a"};
+			    .start = {0, 0},
+			    .end = {UINT64_MAX, UINT64_MAX},
+			    .open = 1,
+			    .owner_cell = "cell-a"};
 	bench_check_rc(shardmap_delta_put_shard(d, "orders", &s), "put_shard");
 	return d;
 }
@@ -224,10 +231,10 @@ static shardmap_delta *move_delta(uint64_t v)
 	shardmap_delta *d;
 	bench_check_rc(shardmap_delta_new(v, v + 1, &d), "delta_new");
 	shardmap_shard s = {.id = "shardId-000000000000",
-	                    .start = {0, 0},
-	                    .end = {UINT64_MAX, UINT64_MAX},
-	                    .open = 1,
-	                    .owner_cell = v % 2 ? "cell-b" : "cell-a"};
+			    .start = {0, 0},
+			    .end = {UINT64_MAX, UINT64_MAX},
+			    .open = 1,
+			    .owner_cell = v % 2 ? "cell-b" : "cell-a"};
 	bench_check_rc(shardmap_delta_put_shard(d, "orders", &s), "put_shard");
 	return d;
 }
@@ -249,26 +256,26 @@ static shardmap *map_new(struct shardmap__observer *obs)
 /* ---------------------------------------------------------------- results */
 
 struct result {
-	int attempted;           /* 0: not buildable under the limits (see note) */
-	int view_complete;       /* every node connected to what its design needs */
-	size_t nodes_complete;   /* nodes with a complete view */
+	int attempted;	       /* 0: not buildable under the limits (see note) */
+	int view_complete;     /* every node connected to what its design needs */
+	size_t nodes_complete; /* nodes with a complete view */
 	uint64_t links_up, links_needed;
-	int converged;           /* every delta reached every node */
-	size_t min_reached;      /* fewest nodes a delta reached */
+	int converged;	    /* every delta reached every node */
+	size_t min_reached; /* fewest nodes a delta reached */
 	double p50_ms, p99_ms, max_ms;
-	double p50_95_ms;        /* median time until 95% of the nodes had a delta */
+	double p50_90_ms; /* median time until 90% of the nodes had a delta */
 	double frames_per_node_delta;
-	long threads, sockets;   /* added to the process by the fleet */
-	double rss_mb;           /* added resident memory */
-	double bytes_per_peer;   /* ours: resident growth per known peer */
-	double heap_per_peer;    /* ours: allocator growth per known peer */
+	long threads, sockets; /* added to the process by the fleet */
+	double rss_mb;	       /* added resident memory */
+	double bytes_per_peer; /* ours: resident growth per known peer */
+	double heap_per_peer;  /* ours: allocator growth per known peer */
 	char note[160];
 };
 
-static void latency_summary(uint64_t *lat, uint64_t *lat95, size_t n, struct result *r)
+static void latency_summary(uint64_t *lat, uint64_t *lat90, size_t n, struct result *r)
 {
-	qsort(lat95, n, sizeof *lat95, bench_cmp_u64);
-	r->p50_95_ms = (double)bench_percentile_sorted(lat95, n, 50) / 1e6;
+	qsort(lat90, n, sizeof *lat90, bench_cmp_u64);
+	r->p50_90_ms = (double)bench_percentile_sorted(lat90, n, 50) / 1e6;
 	qsort(lat, n, sizeof *lat, bench_cmp_u64);
 	r->p50_ms = (double)bench_percentile_sorted(lat, n, 50) / 1e6;
 	r->p99_ms = (double)bench_percentile_sorted(lat, n, 99) / 1e6;
@@ -276,11 +283,10 @@ static void latency_summary(uint64_t *lat, uint64_t *lat95, size_t n, struct res
 }
 
 /* Apply deltas at random nodes one after the other; each must reach all n nodes. */
-static void run_deltas(shardmap **maps, size_t n, unsigned count, uint64_t deadline_ns,
-                       uint64_t *v, uint64_t *rng, uint64_t *lat, uint64_t *lat95,
-                       struct result *r,
-                       void (*after_apply)(void *ctx, size_t origin, const shardmap_delta *d),
-                       void *ctx)
+static void run_deltas(shardmap **maps, size_t n, unsigned count, uint64_t deadline_ns, uint64_t *v,
+		       uint64_t *rng, uint64_t *lat, uint64_t *lat90, struct result *r,
+		       void (*after_apply)(void *ctx, size_t origin, const shardmap_delta *d),
+		       void *ctx)
 {
 	r->converged = 1;
 	r->min_reached = n;
@@ -293,15 +299,15 @@ static void run_deltas(shardmap **maps, size_t n, unsigned count, uint64_t deadl
 		int rc = shardmap_apply(maps[origin], d, &why);
 		if (rc != SHARDMAP_OK)
 			bench_die("apply at node %zu: %s (%s)", origin, shardmap_strerror(rc),
-			          why.message);
+				  why.message);
 		if (after_apply)
 			after_apply(ctx, origin, d);
 		shardmap_delta_free(d);
 		size_t reached = 0;
-		uint64_t t95 = 0;
-		uint64_t t1 = wait_converged(t0 + deadline_ns, &reached, &t95);
-		if (lat95)
-			lat95[k] = t95 ? t95 - t0 : deadline_ns;
+		uint64_t t90 = 0;
+		uint64_t t1 = wait_converged(t0 + deadline_ns, &reached, &t90);
+		if (lat90)
+			lat90[k] = t90 ? t90 - t0 : deadline_ns;
 		if (reached < r->min_reached)
 			r->min_reached = reached;
 		if (t1 == 0) {
@@ -352,6 +358,10 @@ static void run_ours(const struct params *pa, unsigned n, uint64_t seed, struct 
 	shardmap_peers_options_init(&o);
 	o.interval_ms = pa->interval_ms;
 	o.fanout = pa->fanout;
+	if (pa->key != NULL) {
+		o.key = pa->key;
+		o.key_len = strlen(pa->key);
+	}
 	for (unsigned i = 0; i < n; i++) {
 		f[i].m = maps[i] = map_new(&f[i].obs);
 		bench_check_rc(shardmap_peers_start(f[i].m, pool, &o, &f[i].ps), "peers_start");
@@ -361,11 +371,12 @@ static void run_ours(const struct params *pa, unsigned n, uint64_t seed, struct 
 	for (unsigned i = 0; i < n; i++)
 		for (unsigned j = 0; j < n; j++)
 			if (i != j)
-				bench_check_rc(shardmap_peers_add(f[i].ps, shardmap_peers_address(f[j].ps)),
-				               "peers_add");
+				bench_check_rc(
+				    shardmap_peers_add(f[i].ps, shardmap_peers_address(f[j].ps)),
+				    "peers_add");
 	uint64_t rss_peers = rss_bytes(), heap_peers = heap_bytes();
-	r->bytes_per_peer = (double)(rss_peers - rss_nodes) / ((double)n * (n - 1));
-	r->heap_per_peer = (double)(heap_peers - heap_nodes) / ((double)n * (n - 1));
+	r->bytes_per_peer = ((double)rss_peers - (double)rss_nodes) / ((double)n * (n - 1));
+	r->heap_per_peer = ((double)heap_peers - (double)heap_nodes) / ((double)n * (n - 1));
 	r->links_needed = (uint64_t)n * (n - 1);
 	r->links_up = r->links_needed; /* ours needs no link per peer: every address is known */
 	r->nodes_complete = n;
@@ -374,23 +385,23 @@ static void run_ours(const struct params *pa, unsigned n, uint64_t seed, struct 
 	uint64_t v = 1;
 	struct result warm = {0};
 	run_deltas(maps, n, WARMUP_DELTAS, CONVERGE_DEADLINE_NS, &v, &rng, NULL, NULL, &warm, NULL,
-	           NULL);
+		   NULL);
 	uint64_t *lat = bench_xcalloc(pa->deltas, sizeof *lat);
-	uint64_t *lat95 = bench_xcalloc(pa->deltas, sizeof *lat95);
+	uint64_t *lat90 = bench_xcalloc(pa->deltas, sizeof *lat90);
 	uint64_t frames0 = fleet_frames_out(f, n);
-	run_deltas(maps, n, pa->deltas, CONVERGE_DEADLINE_NS, &v, &rng, lat, lat95, r, NULL, NULL);
+	run_deltas(maps, n, pa->deltas, CONVERGE_DEADLINE_NS, &v, &rng, lat, lat90, r, NULL, NULL);
 	uint64_t frames1 = fleet_frames_out(f, n);
 	r->converged = r->converged && warm.converged;
-	latency_summary(lat, lat95, pa->deltas, r);
+	latency_summary(lat, lat90, pa->deltas, r);
 	r->frames_per_node_delta = (double)(frames1 - frames0) / ((double)n * pa->deltas);
 	r->threads = threads_now() - threads0;
 	r->sockets = sockets_now() - sockets0;
-	r->rss_mb = (double)(rss_bytes() - rss0) / 1048576.0;
+	r->rss_mb = ((double)rss_bytes() - (double)rss0) / 1048576.0;
 	shardmap_stats st;
 	shardmap_stats_get(f[0].m, &st);
 	if (st.threads != pa->pool_threads)
 		bench_die("stats report %llu threads, the pool has %u",
-		          (unsigned long long)st.threads, pa->pool_threads);
+			  (unsigned long long)st.threads, pa->pool_threads);
 
 	for (unsigned i = 0; i < n; i++) {
 		shardmap_peers_stop(f[i].ps);
@@ -399,7 +410,7 @@ static void run_ours(const struct params *pa, unsigned n, uint64_t seed, struct 
 	}
 	shardmap_pool_close(pool);
 	free(lat);
-	free(lat95);
+	free(lat90);
 	free(maps);
 	free(f);
 }
@@ -439,6 +450,22 @@ static int read_full(int fd, void *buf, size_t len)
 	uint8_t *p = buf;
 	while (len > 0) {
 		ssize_t n = recv(fd, p, len, 0);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full_fd(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
@@ -523,7 +550,8 @@ static void *acceptor_main(void *arg)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
 				continue;
 			break; /* shut down */
 		}
@@ -566,8 +594,8 @@ static void run_baseline(const struct params *pa, unsigned n, uint64_t seed, str
 			fclose(pm);
 		}
 		snprintf(r->note, sizeof r->note,
-		         "not attempted: needs %lu threads (limit %lu, pid_max %ld)", needed,
-		         pa->baseline_max_threads, pid_max);
+			 "not attempted: needs %lu threads (limit %lu, pid_max %ld)", needed,
+			 pa->baseline_max_threads, pid_max);
 		return;
 	}
 	r->attempted = 1;
@@ -597,7 +625,8 @@ static void run_baseline(const struct params *pa, unsigned n, uint64_t seed, str
 	for (unsigned i = 0; i < n; i++) {
 		for (unsigned j = i + 1; j < n; j++) {
 			int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-			struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(b[j].port)};
+			struct sockaddr_in sa = {.sin_family = AF_INET,
+						 .sin_port = htons(b[j].port)};
 			inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
 			if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
 				if (fd >= 0)
@@ -647,26 +676,26 @@ static void run_baseline(const struct params *pa, unsigned n, uint64_t seed, str
 	uint64_t v = 1;
 	struct result warm = {0};
 	uint64_t deadline = r->view_complete ? CONVERGE_DEADLINE_NS : BROKEN_VIEW_DEADLINE_NS;
-	run_deltas(maps, n, WARMUP_DELTAS, deadline, &v, &rng, NULL, NULL, &warm, baseline_broadcast,
-	           b);
+	run_deltas(maps, n, WARMUP_DELTAS, deadline, &v, &rng, NULL, NULL, &warm,
+		   baseline_broadcast, b);
 	uint64_t *lat = bench_xcalloc(pa->deltas, sizeof *lat);
-	uint64_t *lat95 = bench_xcalloc(pa->deltas, sizeof *lat95);
+	uint64_t *lat90 = bench_xcalloc(pa->deltas, sizeof *lat90);
 	if (warm.converged) {
-		run_deltas(maps, n, pa->deltas, deadline, &v, &rng, lat, lat95, r, baseline_broadcast,
-		           b);
-		latency_summary(lat, lat95, pa->deltas, r);
+		run_deltas(maps, n, pa->deltas, deadline, &v, &rng, lat, lat90, r,
+			   baseline_broadcast, b);
+		latency_summary(lat, lat90, pa->deltas, r);
 	} else {
 		r->converged = 0;
 		r->min_reached = warm.min_reached;
 	}
 	/* all-to-all: the origin sends one frame to each peer, nobody forwards */
 	r->frames_per_node_delta = (double)(n - 1) / n;
-	r->rss_mb = (double)(rss_bytes() - rss0) / 1048576.0;
+	r->rss_mb = ((double)rss_bytes() - (double)rss0) / 1048576.0;
 	unsigned long failures = atomic_load(&baseline_thread_failures);
 	if (failures)
 		snprintf(r->note, sizeof r->note,
-		         "%lu thread creations failed: %zu of %u nodes have a complete view", failures,
-		         r->nodes_complete, n);
+			 "%lu thread creations failed: %zu of %u nodes have a complete view",
+			 failures, r->nodes_complete, n);
 
 	for (unsigned i = 0; i < n; i++) {
 		shutdown(b[i].lfd, SHUT_RDWR);
@@ -692,9 +721,55 @@ static void run_baseline(const struct params *pa, unsigned n, uint64_t seed, str
 		pthread_mutex_destroy(&b[i].lock);
 	}
 	free(lat);
-	free(lat95);
+	free(lat90);
 	free(maps);
 	free(b);
+}
+
+/* ---------------------------------------------------------------- isolation */
+
+/* Run one design at one size in a child process, so that its threads, sockets and memory
+ * are measured from a clean start and nothing it leaves behind (a heap grown by the
+ * previous run, threads still exiting) skews the next. The result comes back through a
+ * pipe; a child that dies is reported as such. */
+static void run_isolated(void (*fn)(const struct params *, unsigned, uint64_t, struct result *),
+			 const struct params *pa, unsigned n, uint64_t seed, struct result *r)
+{
+	int pfd[2];
+	memset(r, 0, sizeof *r);
+	fflush(NULL);
+	if (pipe(pfd) != 0)
+		bench_die("pipe: %s", strerror(errno));
+	pid_t pid = fork();
+	if (pid < 0)
+		bench_die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		close(pfd[0]);
+		struct result child;
+		fn(pa, n, seed, &child);
+		_exit(write_full_fd(pfd[1], &child, sizeof child) == 0 ? 0 : 3);
+	}
+	close(pfd[1]);
+	size_t got = 0;
+	while (got < sizeof *r) {
+		ssize_t k = read(pfd[0], (char *)r + got, sizeof *r - got);
+		if (k <= 0) {
+			if (k < 0 && errno == EINTR)
+				continue;
+			break;
+		}
+		got += (size_t)k;
+	}
+	close(pfd[0]);
+	int status = 0;
+	waitpid(pid, &status, 0);
+	if (got != sizeof *r) {
+		memset(r, 0, sizeof *r);
+		r->attempted = 1;
+		snprintf(r->note, sizeof r->note, "the run died (%s %d)",
+			 WIFSIGNALED(status) ? "signal" : "exit status",
+			 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+	}
 }
 
 /* ---------------------------------------------------------------- driver */
@@ -741,6 +816,12 @@ static int parse_extra(void *ctx, const char *arg, const char *val)
 		pa->baseline_max_threads = bench_parse_num(arg, val);
 		return 1;
 	}
+	if (strcmp(arg, "--key") == 0) {
+		if (val == NULL || *val == '\0')
+			bench_die("--key needs a secret");
+		pa->key = val;
+		return 1;
+	}
 	if (strcmp(arg, "--capped") == 0) {
 		pa->capped = 1;
 		return 0;
@@ -782,7 +863,7 @@ static struct result summarise(const struct result *rs, size_t n)
 	s.p50_ms = median_of(rs, n, offsetof(struct result, p50_ms));
 	s.p99_ms = median_of(rs, n, offsetof(struct result, p99_ms));
 	s.max_ms = median_of(rs, n, offsetof(struct result, max_ms));
-	s.p50_95_ms = median_of(rs, n, offsetof(struct result, p50_95_ms));
+	s.p50_90_ms = median_of(rs, n, offsetof(struct result, p50_90_ms));
 	s.frames_per_node_delta = median_of(rs, n, offsetof(struct result, frames_per_node_delta));
 	s.rss_mb = median_of(rs, n, offsetof(struct result, rss_mb));
 	s.bytes_per_peer = median_of(rs, n, offsetof(struct result, bytes_per_peer));
@@ -811,13 +892,14 @@ static void print_row(const char *design, unsigned n, const struct result *r)
 		       n, "yes", r->p50_ms, r->p99_ms, r->max_ms, r->frames_per_node_delta,
 		       r->threads, r->sockets, r->rss_mb, r->note);
 	else
-		printf("  %-9s %6u  %7s  %9s %9s %9s  %8.2f  %8ld %8ld %9.1f  %s\n", design, n, "NO",
-		       "-", "-", "-", r->frames_per_node_delta, r->threads, r->sockets, r->rss_mb,
-		       r->note);
+		printf("  %-9s %6u  %7s  %9s %9s %9s  %8.2f  %8ld %8ld %9.1f  %s\n", design, n,
+		       "NO", "-", "-", "-", r->frames_per_node_delta, r->threads, r->sockets,
+		       r->rss_mb, r->note);
 	if (!r->converged)
-		printf("  %-9s %6s  a delta reached only %zu of %u nodes; %zu nodes have a complete "
-		       "view\n",
-		       "", "", r->min_reached, n, r->nodes_complete);
+		printf(
+		    "  %-9s %6s  a delta reached only %zu of %u nodes; %zu nodes have a complete "
+		    "view\n",
+		    "", "", r->min_reached, n, r->nodes_complete);
 }
 
 static json_t *result_json(const char *design, unsigned n, const struct result *r)
@@ -839,7 +921,7 @@ static json_t *result_json(const char *design, unsigned n, const struct result *
 	bench_json_num(j, "converge_p50_ms", r->p50_ms);
 	bench_json_num(j, "converge_p99_ms", r->p99_ms);
 	bench_json_num(j, "converge_max_ms", r->max_ms);
-	bench_json_num(j, "reach_95pct_p50_ms", r->p50_95_ms);
+	bench_json_num(j, "reach_90pct_p50_ms", r->p50_90_ms);
 	bench_json_num(j, "frames_per_node_per_delta", r->frames_per_node_delta);
 	bench_json_int(j, "threads", r->threads);
 	bench_json_int(j, "sockets", r->sockets);
@@ -854,16 +936,16 @@ static json_t *result_json(const char *design, unsigned n, const struct result *
 int main(int argc, char **argv)
 {
 	struct params pa = {.deltas = 0,
-	                    .interval_ms = 200,
-	                    .fanout = 3,
-	                    .pool_threads = 2,
-	                    .baseline_max_threads = 12000};
+			    .interval_ms = 200,
+			    .fanout = 3,
+			    .pool_threads = 2,
+			    .baseline_max_threads = 12000};
 	struct bench_opts o;
 	bench_parse_args(argc, argv, &o,
-	                 " [--sizes 100,1000] [--deltas N] [--interval MS] [--fanout N]"
-	                 " [--pool-threads N] [--baseline-max-threads N] [--capped]"
-	                 " [--no-baseline] [--no-ours]",
-	                 parse_extra, &pa);
+			 " [--sizes 100,1000] [--deltas N] [--interval MS] [--fanout N]"
+			 " [--pool-threads N] [--baseline-max-threads N] [--key SECRET] [--capped]"
+			 " [--no-baseline] [--no-ours]",
+			 parse_extra, &pa);
 	int runs_given = 0;
 	for (int i = 1; i < argc; i++)
 		runs_given |= strcmp(argv[i], "--runs") == 0;
@@ -894,14 +976,16 @@ int main(int argc, char **argv)
 	bench_json_int(params, "pool_threads", pa.pool_threads);
 	bench_json_int(params, "baseline_max_threads", (long long)pa.baseline_max_threads);
 	json_object_set_new(params, "capped", json_boolean(pa.capped));
+	json_object_set_new(params, "hmac", json_boolean(pa.key != NULL));
 	if (getenv("SHARDMAP_CAP_METHOD") != NULL)
 		bench_json_str(params, "cap_method", getenv("SHARDMAP_CAP_METHOD"));
 	if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		bench_json_int(params, "rlimit_nproc", (long long)rl.rlim_cur);
 	json_object_set_new(doc, "params", params);
-	printf("# %u deltas per fleet, anti-entropy every %u ms, fanout %u, pool of %u threads%s\n",
-	       pa.deltas, pa.interval_ms, pa.fanout, pa.pool_threads,
-	       pa.capped ? ", UNDER A THREAD CAP" : "");
+	printf(
+	    "# %u deltas per fleet, anti-entropy every %u ms, fanout %u, pool of %u threads%s%s\n",
+	    pa.deltas, pa.interval_ms, pa.fanout, pa.pool_threads,
+	    pa.key ? ", HMAC-SHA256 on every frame" : "", pa.capped ? ", UNDER A THREAD CAP" : "");
 
 	static struct result ours[MAX_SIZES][MAX_RUNS], base[MAX_SIZES][MAX_RUNS];
 	for (unsigned run = 0; run < o.runs; run++) {
@@ -912,13 +996,13 @@ int main(int argc, char **argv)
 			for (int k = 0; k < 2; k++) {
 				int do_ours = (k == 0) == (run % 2 == 0);
 				if (do_ours && !pa.skip_ours) {
-					run_ours(&pa, n, seed, &ours[s][run]);
-					fprintf(stderr, "run %u: ours %u nodes p99 %.1f ms\n", run, n,
-					        ours[s][run].p99_ms);
+					run_isolated(run_ours, &pa, n, seed, &ours[s][run]);
+					fprintf(stderr, "run %u: ours %u nodes p99 %.1f ms\n", run,
+						n, ours[s][run].p99_ms);
 				} else if (!do_ours && !pa.skip_baseline) {
-					run_baseline(&pa, n, seed, &base[s][run]);
+					run_isolated(run_baseline, &pa, n, seed, &base[s][run]);
 					fprintf(stderr, "run %u: baseline %u nodes %s\n", run, n,
-					        base[s][run].attempted ? "done" : "skipped");
+						base[s][run].attempted ? "done" : "skipped");
 				}
 			}
 		}
@@ -946,10 +1030,12 @@ int main(int argc, char **argv)
 	int ok = 1;
 	if (!pa.skip_ours) {
 		for (unsigned s = 0; s < pa.n_sizes; s++)
-			printf("  shardmap %u nodes: 95%% of nodes have a delta after %.1f ms (p50), all "
-			       "after %.1f ms; per known peer %.0f bytes resident, %.0f allocated\n",
-			       pa.sizes[s], so[s].p50_95_ms, so[s].p50_ms, so[s].bytes_per_peer,
-			       so[s].heap_per_peer);
+			printf(
+			    "  shardmap %u nodes: 90%% of nodes have a delta after %.1f ms (p50), "
+			    "all "
+			    "after %.1f ms; per known peer %.0f bytes resident, %.0f allocated\n",
+			    pa.sizes[s], so[s].p50_90_ms, so[s].p50_ms, so[s].bytes_per_peer,
+			    so[s].heap_per_peer);
 		if (!pa.skip_baseline) {
 			for (unsigned s = 0; s < pa.n_sizes; s++) {
 				if (!sb[s].attempted || !so[s].attempted)
@@ -957,15 +1043,20 @@ int main(int argc, char **argv)
 				json_t *ratio = bench_json_or_die(json_object());
 				bench_json_str(ratio, "ratio", "baseline/shardmap");
 				bench_json_int(ratio, "nodes", pa.sizes[s]);
-				double tr = so[s].threads ? (double)sb[s].threads / so[s].threads : 0;
-				double mr = so[s].rss_mb > 0 ? sb[s].rss_mb / so[s].rss_mb : 0;
-				double sr = so[s].sockets ? (double)sb[s].sockets / so[s].sockets : 0;
+				double tr =
+				    so[s].threads ? (double)sb[s].threads / so[s].threads : 0;
+				double mr = so[s].rss_mb > 0 && sb[s].rss_mb > 0
+						? sb[s].rss_mb / so[s].rss_mb
+						: 0;
+				double sr =
+				    so[s].sockets ? (double)sb[s].sockets / so[s].sockets : 0;
 				double pr = so[s].p50_ms > 0 && sb[s].converged && so[s].converged
-				                ? sb[s].p50_ms / so[s].p50_ms
-				                : -1;
-				printf("  %u nodes, baseline / shardmap: threads x%.0f, memory x%.1f, "
-				       "sockets x%.1f, ",
-				       pa.sizes[s], tr, mr, sr);
+						? sb[s].p50_ms / so[s].p50_ms
+						: -1;
+				printf(
+				    "  %u nodes, baseline / shardmap: threads x%.0f, memory x%.1f, "
+				    "sockets x%.1f, ",
+				    pa.sizes[s], tr, mr, sr);
 				if (pr >= 0)
 					printf("convergence p50 x%.2f\n", pr);
 				else
@@ -990,19 +1081,19 @@ int main(int argc, char **argv)
 			tmax = so[s].threads > tmax ? so[s].threads : tmax;
 		}
 		ok &= bench_target(doc, "threads added by the fleet, largest - smallest size",
-		                   (double)(tmax - tmin), "<=", 0, "");
-		ok &= bench_target(doc, "threads added == pool size", (double)tmax, "<=",
-		                   pa.pool_threads, "");
+				   (double)(tmax - tmin), "<=", 0, "");
+		ok &= bench_target(doc, "threads added == pool size", (double)tmax,
+				   "<=", pa.pool_threads, "");
 		double per_peer = so[last].bytes_per_peer > so[last].heap_per_peer
-		                      ? so[last].bytes_per_peer
-		                      : so[last].heap_per_peer;
+				      ? so[last].bytes_per_peer
+				      : so[last].heap_per_peer;
 		ok &= bench_target(doc, "memory per known peer, max(resident, allocated) (bytes)",
-		                   per_peer, "<=", 256, "B");
+				   per_peer, "<=", 256, "B");
 		int all_converged = 1;
 		for (unsigned s = 0; s < pa.n_sizes; s++)
 			all_converged &= so[s].converged;
 		ok &= bench_target(doc, "every delta reached every node (1 = yes)", all_converged,
-		                   ">=", 1, "");
+				   ">=", 1, "");
 	}
 	if (pa.capped && !pa.skip_baseline) {
 		int failed = 0;
@@ -1010,7 +1101,7 @@ int main(int argc, char **argv)
 			failed |= !sb[s].view_complete || !sb[s].converged;
 		printf("  under the cap the baseline %s\n",
 		       failed ? "FAILED to build its view (as in the outage)"
-		              : "still built its view: raise the fleet or lower the cap");
+			      : "still built its view: raise the fleet or lower the cap");
 		bench_json_num(doc, "capped_baseline_failed", failed);
 	}
 	int rc = bench_json_emit(doc, &o);

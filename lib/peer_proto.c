@@ -94,13 +94,13 @@ void shardmap__mac_free(struct shardmap__mac *m)
 
 /* tag = HMAC(key, nonce || header || payload); frame points at the header. */
 static int compute_tag(const struct shardmap__mac *m, const uint8_t *nonce, const uint8_t *frame,
-                       size_t header_and_payload, uint8_t tag[SHARDMAP__FRAME_TAG])
+		       size_t header_and_payload, uint8_t tag[SHARDMAP__FRAME_TAG])
 {
 	EVP_MAC_CTX *c = EVP_MAC_CTX_dup(m->keyed);
 	size_t n = 0;
 	int ok = c != NULL && EVP_MAC_update(c, nonce ? nonce : zero_nonce, SHARDMAP__NONCE) &&
-	         EVP_MAC_update(c, frame, header_and_payload) &&
-	         EVP_MAC_final(c, tag, &n, SHARDMAP__FRAME_TAG) && n == SHARDMAP__FRAME_TAG;
+		 EVP_MAC_update(c, frame, header_and_payload) &&
+		 EVP_MAC_final(c, tag, &n, SHARDMAP__FRAME_TAG) && n == SHARDMAP__FRAME_TAG;
 	EVP_MAC_CTX_free(c);
 	return ok ? SHARDMAP_OK : SHARDMAP_ENOMEM;
 }
@@ -108,8 +108,8 @@ static int compute_tag(const struct shardmap__mac *m, const uint8_t *nonce, cons
 /* ---------------------------------------------------------------- frames */
 
 int shardmap__frame_build(const struct shardmap__mac *mac, const uint8_t *nonce, uint8_t type,
-                          uint64_t seq, const void *payload, size_t len, uint8_t **out,
-                          size_t *out_len)
+			  uint64_t seq, const void *payload, size_t len, uint8_t **out,
+			  size_t *out_len)
 {
 	if (len > UINT32_MAX)
 		return SHARDMAP_EINVAL;
@@ -127,7 +127,7 @@ int shardmap__frame_build(const struct shardmap__mac *mac, const uint8_t *nonce,
 	if (len)
 		memcpy(f + SHARDMAP__FRAME_HEADER, payload, len);
 	if (mac && compute_tag(mac, nonce, f, SHARDMAP__FRAME_HEADER + len,
-	                       f + SHARDMAP__FRAME_HEADER + len) != SHARDMAP_OK) {
+			       f + SHARDMAP__FRAME_HEADER + len) != SHARDMAP_OK) {
 		free(f);
 		return SHARDMAP_ENOMEM;
 	}
@@ -143,8 +143,8 @@ static int refuse(enum shardmap__refuse *why, enum shardmap__refuse reason)
 }
 
 int shardmap__frame_parse(const uint8_t *buf, size_t avail, size_t max_payload, int keyed,
-                          struct shardmap__frame_header *h, size_t *frame_len,
-                          enum shardmap__refuse *why)
+			  struct shardmap__frame_header *h, size_t *frame_len,
+			  enum shardmap__refuse *why)
 {
 	/* judge each byte as soon as it is there */
 	for (size_t i = 0; i < avail && i < 2; i++) {
@@ -172,7 +172,7 @@ int shardmap__frame_parse(const uint8_t *buf, size_t avail, size_t max_payload, 
 	if (keyed && !(h->flags & SHARDMAP__FRAME_TAGGED))
 		return refuse(why, SHARDMAP__REFUSE_MISSING_TAG);
 	size_t total = SHARDMAP__FRAME_HEADER + (size_t)h->length +
-	               ((h->flags & SHARDMAP__FRAME_TAGGED) ? SHARDMAP__FRAME_TAG : 0);
+		       ((h->flags & SHARDMAP__FRAME_TAGGED) ? SHARDMAP__FRAME_TAG : 0);
 	if (avail < total)
 		return SHARDMAP__FRAME_MORE;
 	*frame_len = total;
@@ -180,7 +180,7 @@ int shardmap__frame_parse(const uint8_t *buf, size_t avail, size_t max_payload, 
 }
 
 int shardmap__frame_verify(const struct shardmap__mac *mac, const uint8_t *nonce,
-                           const uint8_t *frame, size_t frame_len)
+			   const uint8_t *frame, size_t frame_len)
 {
 	if (frame_len < SHARDMAP__FRAME_HEADER + SHARDMAP__FRAME_TAG)
 		return -1;

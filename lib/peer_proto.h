@@ -39,12 +39,12 @@
 
 #include "shardmap.h"
 
-#define SHARDMAP__PROTO_VERSION 1u
-#define SHARDMAP__FRAME_HEADER 20u
-#define SHARDMAP__FRAME_TAG 32u
-#define SHARDMAP__NONCE 16u
-#define SHARDMAP__FRAME_TAGGED 0x1u
-#define SHARDMAP__FEATURE_HMAC 0x1u
+#define SHARDMAP__PROTO_VERSION	 1u
+#define SHARDMAP__FRAME_HEADER	 20u
+#define SHARDMAP__FRAME_TAG	 32u
+#define SHARDMAP__NONCE		 16u
+#define SHARDMAP__FRAME_TAGGED	 0x1u
+#define SHARDMAP__FEATURE_HMAC	 0x1u
 #define SHARDMAP__ANNOUNCE_REPLY 0x1u
 /* The largest hello payload: 2 + 4 + 8 + 16 + 1 + 255. */
 #define SHARDMAP__HELLO_MAX 286u
@@ -56,6 +56,7 @@ enum shardmap__frame_type {
 	SHARDMAP__FRAME_PULL = 4,
 	SHARDMAP__FRAME_TOO_OLD = 5,
 };
+#define SHARDMAP__FRAME_TYPES 6 /* array size for counts indexed by type (0 unused) */
 
 /* Why a connection was dropped. Counted per reason by peers.c. */
 enum shardmap__refuse {
@@ -115,8 +116,8 @@ void shardmap__mac_free(struct shardmap__mac *mac);
  * nonce: the receiver's nonce, NULL for all zero. Returns 0, SHARDMAP_EINVAL (payload above
  * 4 GiB), SHARDMAP_ENOMEM. Thread-safety: MT-safe. */
 int shardmap__frame_build(const struct shardmap__mac *mac, const uint8_t *nonce, uint8_t type,
-                          uint64_t seq, const void *payload, size_t len, uint8_t **out,
-                          size_t *out_len);
+			  uint64_t seq, const void *payload, size_t len, uint8_t **out,
+			  size_t *out_len);
 
 #define SHARDMAP__FRAME_MORE 1 /* shardmap__frame_parse: not enough bytes yet */
 
@@ -126,13 +127,13 @@ int shardmap__frame_build(const struct shardmap__mac *mac, const uint8_t *nonce,
  * prove the frame bad. keyed: the receiver has a key (a frame without a tag is refused).
  * The tag itself is checked by shardmap__frame_verify. Thread-safety: MT-safe. */
 int shardmap__frame_parse(const uint8_t *buf, size_t avail, size_t max_payload, int keyed,
-                          struct shardmap__frame_header *h, size_t *frame_len,
-                          enum shardmap__refuse *why);
+			  struct shardmap__frame_header *h, size_t *frame_len,
+			  enum shardmap__refuse *why);
 
 /* Check the tag of a whole tagged frame against nonce (the receiver's own, NULL for zero),
  * in constant time. Returns 0 or -1. */
 int shardmap__frame_verify(const struct shardmap__mac *mac, const uint8_t *nonce,
-                           const uint8_t *frame, size_t frame_len);
+			   const uint8_t *frame, size_t frame_len);
 
 /* ---------------------------------------------------------------- payloads */
 

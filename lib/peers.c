@@ -12,9 +12,10 @@
  * duplicate (SHARDMAP_ESTALE) stops there, a gap makes the receiver pull from the sender.
  * Every interval_ms (jittered) each node sends an announce (version and content digest) to
  * one random peer - a connected one, or one round in REWIRE_EVERY a random known one, which
- * keeps the overlay of connections random - and the peer answers with its own. Whoever is
- * behind pulls ("I have V") and is answered from the ring, or told "too old" when V has left
- * the ring: it then asks its store follower to catch up. Equal versions with different
+ * keeps the overlay of connections random - and the peer answers with its own announce
+ * when it is ahead or its content differs. Whoever is behind pulls ("I have V") and is
+ * answered from the ring, or told "too old" when V has left the ring: it then asks its
+ * store follower to catch up. Equal versions with different
  * digests are counted and both sides ask their store. A node never bootstraps from peers: at
  * version 0 it neither applies peer deltas nor pulls.
  *
@@ -69,22 +70,22 @@
 #include "peers.h"
 #include "pool.h"
 
-#define DEFAULT_FANOUT 3u
-#define DEFAULT_INTERVAL_MS 1000u
-#define DEFAULT_RING 256u
-#define DEFAULT_MAX_INBOUND 64u
-#define DEFAULT_SEND_QUEUE (1u << 20)
-#define DEFAULT_MAX_FRAME (16u << 20)
-#define MAX_FANOUT 64u
-#define MAX_KNOWN_PEERS (1u << 22)
-#define OUTBOUND_SPARE 2u          /* outbound connections beyond fanout (anti-entropy) */
-#define REWIRE_EVERY 4u            /* one anti-entropy round in 4 dials a random known peer */
-#define BACKOFF_BASE_MS 100u       /* first retry after a failed connection attempt */
-#define BACKOFF_MAX_MS 30000u
-#define HANDSHAKE_INTERVALS 10u   /* connect + hellos must be done within 10 intervals */
-#define HANDSHAKE_MIN_MS 1000u
-#define READ_CHUNK 4096u
-#define READS_PER_CALLBACK 64      /* fairness between connections of one worker */
+#define DEFAULT_FANOUT	     3u
+#define DEFAULT_INTERVAL_MS  1000u
+#define DEFAULT_RING	     256u
+#define DEFAULT_MAX_INBOUND  64u
+#define DEFAULT_SEND_QUEUE   (1u << 20)
+#define DEFAULT_MAX_FRAME    (16u << 20)
+#define MAX_FANOUT	     64u
+#define MAX_KNOWN_PEERS	     (1u << 22)
+#define OUTBOUND_SPARE	     2u	  /* outbound connections beyond fanout (anti-entropy) */
+#define REWIRE_EVERY	     8u	  /* one anti-entropy round in 8 dials a random known peer */
+#define BACKOFF_BASE_MS	     100u /* first retry after a failed connection attempt */
+#define BACKOFF_MAX_MS	     30000u
+#define HANDSHAKE_INTERVALS  10u /* connect + hellos must be done within 10 intervals */
+#define HANDSHAKE_MIN_MS     1000u
+#define READ_CHUNK	     4096u
+#define READS_PER_CALLBACK   64 /* fairness between connections of one worker */
 #define ACCEPTS_PER_CALLBACK 64
 
 /* ---------------------------------------------------------------- records */
@@ -101,11 +102,11 @@ struct peer_addr {
 /* A known peer: all a member of the fleet costs while we are not talking to it. */
 struct peer {
 	struct peer_addr addr;
-	uint8_t failures;      /* consecutive failed connection attempts (backoff exponent) */
+	uint8_t failures; /* consecutive failed connection attempts (backoff exponent) */
 	uint8_t flags;
-	uint32_t index;        /* position in ps->peers */
-	uint64_t retry_at_ms;  /* no connection attempt before this (shardmap__now_ms) */
-	struct conn *out;      /* our outbound connection to it, NULL when none */
+	uint32_t index;	      /* position in ps->peers */
+	uint64_t retry_at_ms; /* no connection attempt before this (shardmap__now_ms) */
+	struct conn *out;     /* our outbound connection to it, NULL when none */
 };
 
 /* A frame waiting in a send queue: type and payload; header, sequence number and tag are
@@ -119,8 +120,8 @@ struct qframe {
 
 enum conn_state {
 	CONN_CONNECTING, /* outbound, waiting for connect() to finish */
-	CONN_HANDSHAKE,  /* our hello is going out; nothing else until the peer's arrives */
-	CONN_OPEN,       /* hellos exchanged: queued frames flow */
+	CONN_HANDSHAKE,	 /* our hello is going out; nothing else until the peer's arrives */
+	CONN_OPEN,	 /* hellos exchanged: queued frames flow */
 };
 
 struct conn {
@@ -130,10 +131,10 @@ struct conn {
 	int inbound;
 	/* owned by the task (its callback only) */
 	enum conn_state state;
-	uint8_t nonce[SHARDMAP__NONCE];      /* ours: the peer tags its frames over it */
+	uint8_t nonce[SHARDMAP__NONCE];	     /* ours: the peer tags its frames over it */
 	uint8_t peer_nonce[SHARDMAP__NONCE]; /* theirs: we tag our frames over it */
-	uint64_t rx_seq, tx_seq;             /* last received, last sent */
-	uint64_t pulled_from;                /* the version of our last pull on it (no repeats) */
+	uint64_t rx_seq, tx_seq;	     /* last received, last sent */
+	uint64_t pulled_from;		     /* the version of our last pull on it (no repeats) */
 	uint8_t *rbuf;
 	size_t rlen, rcap;
 	uint8_t *wbuf; /* the frame being written */
@@ -143,11 +144,11 @@ struct conn {
 	struct peer *peer; /* outbound: the known peer, NULL once unlinked */
 	struct qframe *qhead, *qtail;
 	size_t qbytes;
-	int established; /* hellos exchanged: a push target */
-	int linked;      /* on ps->conns: reachable by other threads */
-	int closing;     /* asked to close; its own callback will */
-	int needs_ae;    /* frames were dropped: next anti-entropy prefers it */
-	struct conn *prev, *next;         /* ps->conns */
+	int established;		  /* hellos exchanged: a push target */
+	int linked;			  /* on ps->conns: reachable by other threads */
+	int closing;			  /* asked to close; its own callback will */
+	int needs_ae;			  /* frames were dropped: next anti-entropy prefers it */
+	struct conn *prev, *next;	  /* ps->conns */
 	struct conn *lru_prev, *lru_next; /* outbound only, most recently used first */
 };
 
@@ -178,12 +179,13 @@ struct shardmap_peers {
 	/* under lock */
 	uint64_t version, digest; /* of our map, as last published */
 	int seen_publish;
-	uint64_t best_seen;       /* highest version a peer told us about */
+	uint64_t best_seen; /* highest version a peer told us about */
 	struct peer **peers;
 	size_t n_peers, cap_peers;
 	ck_hs_t by_addr;
 	struct conn *conns;
-	size_t n_live; /* connection structs not yet freed (linked or closing) */
+	size_t n_live;	   /* connection structs not yet freed (linked or closing) */
+	size_t n_needs_ae; /* linked connections with needs_ae set */
 	size_t n_out, n_in, n_established;
 	struct conn *lru_head, *lru_tail;
 	struct ring_entry *ring;
@@ -193,8 +195,9 @@ struct shardmap_peers {
 
 	/* statistics beyond shardmap_stats (relaxed atomics: counters only) */
 	_Atomic uint64_t refused[SHARDMAP__REFUSE_COUNT];
+	_Atomic uint64_t frames_in[SHARDMAP__FRAME_TYPES], frames_out[SHARDMAP__FRAME_TYPES];
 	_Atomic uint64_t too_old, store_asks, inbound_refused, connects, connect_failures,
-	    handshake_timeouts;
+	    handshake_timeouts, antientropy_rounds;
 };
 
 /* The connection whose delta this thread is applying: its observer does not push the
@@ -220,6 +223,15 @@ static uint64_t rnd(shardmap_peers *ps)
 	return ps->rng * 0x2545F4914F6CDD1DULL;
 }
 
+/* One frame of type in or out: the total in the map's stats and the count by type here. */
+static void count_frame(shardmap_peers *ps, _Atomic uint64_t *by_type, unsigned type,
+			_Atomic uint64_t *total)
+{
+	if (type < SHARDMAP__FRAME_TYPES)
+		count(&by_type[type], 1);
+	count(total, 1);
+}
+
 static uint64_t jitter(shardmap_peers *ps, uint64_t ms)
 {
 	return ms / 2 + rnd(ps) % (ms + 1); /* uniform in [ms/2, 3ms/2] */
@@ -229,7 +241,7 @@ static uint64_t jitter(shardmap_peers *ps, uint64_t ms)
 
 /* Split "host:port" or "[v6]:port". Returns 0 or SHARDMAP_EINVAL. */
 static int split_host_port(const char *s, char *host, size_t host_len, unsigned *port,
-                           int allow_zero)
+			   int allow_zero)
 {
 	if (s == NULL || shardmap__check_name(s) != 0)
 		return SHARDMAP_EINVAL;
@@ -259,8 +271,7 @@ static int split_host_port(const char *s, char *host, size_t host_len, unsigned 
 }
 
 /* Resolve "host:port" (numeric, or a name through getaddrinfo: may do I/O). */
-static int resolve(const char *s, int allow_zero_port, struct sockaddr_storage *ss,
-                   socklen_t *len)
+static int resolve(const char *s, int allow_zero_port, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char host[256];
 	unsigned port;
@@ -340,7 +351,7 @@ static unsigned long peer_hash(const void *obj, unsigned long seed)
 static bool peer_same(const void *a, const void *b)
 {
 	return memcmp(&((const struct peer *)a)->addr, &((const struct peer *)b)->addr,
-	              sizeof(struct peer_addr)) == 0;
+		      sizeof(struct peer_addr)) == 0;
 }
 
 static void *hs_malloc(size_t n)
@@ -393,8 +404,8 @@ static void update_gauges(shardmap_peers *ps)
 {
 	gauge(&ps->ext->peers_known, ps->n_peers);
 	gauge(&ps->ext->peers_connected, ps->n_established);
-	gauge(&ps->ext->versions_behind, ps->best_seen > ps->version ? ps->best_seen - ps->version
-	                                                            : 0);
+	gauge(&ps->ext->versions_behind,
+	      ps->best_seen > ps->version ? ps->best_seen - ps->version : 0);
 }
 
 static void note_peer_version(shardmap_peers *ps, uint64_t v)
@@ -455,6 +466,10 @@ static void conn_unlink(shardmap_peers *ps, struct conn *c)
 	if (!c->linked)
 		return;
 	c->linked = 0;
+	if (c->needs_ae) {
+		c->needs_ae = 0;
+		ps->n_needs_ae--;
+	}
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -502,7 +517,7 @@ static void conn_shutdown(shardmap_peers *ps, struct conn *c)
 /* Queue a frame for c (under lock). Full queue: the oldest frames go. Returns 0 or
  * SHARDMAP_ENOMEM. */
 static int conn_send(shardmap_peers *ps, struct conn *c, uint8_t type, const void *payload,
-                     size_t len)
+		     size_t len)
 {
 	if (c->closing || !c->linked)
 		return SHARDMAP_OK;
@@ -521,7 +536,10 @@ static int conn_send(shardmap_peers *ps, struct conn *c, uint8_t type, const voi
 		c->qbytes -= old->len;
 		free(old);
 		count(&ps->ext->peer_queue_drops, 1);
-		c->needs_ae = 1; /* the next anti-entropy round goes to this peer */
+		if (!c->needs_ae) {
+			c->needs_ae = 1; /* the next anti-entropy round goes to this peer */
+			ps->n_needs_ae++;
+		}
 	}
 	if (c->qtail)
 		c->qtail->next = q;
@@ -537,8 +555,8 @@ static int conn_send(shardmap_peers *ps, struct conn *c, uint8_t type, const voi
 static void send_announce(shardmap_peers *ps, struct conn *c, uint8_t flags)
 {
 	uint8_t buf[17];
-	struct shardmap__announce a = {.version = ps->version, .digest = ps->digest,
-	                               .flags = flags};
+	struct shardmap__announce a = {
+	    .version = ps->version, .digest = ps->digest, .flags = flags};
 	conn_send(ps, c, SHARDMAP__FRAME_ANNOUNCE, buf, shardmap__announce_encode(&a, buf));
 }
 
@@ -556,8 +574,8 @@ static void conn_cb(struct shardmap__task *t, void *arg, uint32_t events);
 static int conn_hello(shardmap_peers *ps, struct conn *c)
 {
 	struct shardmap__hello h = {.proto = SHARDMAP__PROTO_VERSION,
-	                            .features = ps->mac ? SHARDMAP__FEATURE_HMAC : 0,
-	                            .version = ps->version};
+				    .features = ps->mac ? SHARDMAP__FEATURE_HMAC : 0,
+				    .version = ps->version};
 	memcpy(h.nonce, c->nonce, sizeof h.nonce);
 	snprintf(h.node_id, sizeof h.node_id, "%s", ps->node_id);
 	uint8_t payload[SHARDMAP__HELLO_MAX];
@@ -566,9 +584,9 @@ static int conn_hello(shardmap_peers *ps, struct conn *c)
 	c->wbuf = NULL;
 	c->wlen = c->woff = 0;
 	int rc = shardmap__frame_build(ps->mac, NULL, SHARDMAP__FRAME_HELLO, 0, payload, len,
-	                               &c->wbuf, &c->wlen);
+				       &c->wbuf, &c->wlen);
 	if (rc == SHARDMAP_OK)
-		count(&ps->ext->frames_out, 1);
+		count_frame(ps, ps->frames_out, SHARDMAP__FRAME_HELLO, &ps->ext->frames_out);
 	return rc;
 }
 
@@ -576,20 +594,20 @@ static int conn_hello(shardmap_peers *ps, struct conn *c)
 static struct conn *conn_new(shardmap_peers *ps, int fd, int inbound, struct peer *peer)
 {
 	struct conn *c = calloc(1, sizeof *c);
-	if (c == NULL || RAND_bytes(c->nonce, sizeof c->nonce) != 1 ||
-	    shardmap__task_open(ps->pool, conn_cb, c, &c->task) != SHARDMAP_OK) {
-		free(c);
-		close(fd);
-		return NULL;
+	if (c != NULL) {
+		c->ps = ps;
+		c->fd = fd;
+		c->inbound = inbound;
+		c->state = inbound ? CONN_HANDSHAKE : CONN_CONNECTING;
 	}
-	c->ps = ps;
-	c->fd = fd;
-	c->inbound = inbound;
-	c->state = inbound ? CONN_HANDSHAKE : CONN_CONNECTING;
-	if (inbound && conn_hello(ps, c) != SHARDMAP_OK) {
-		shardmap__task_close(c->task);
-		close(fd);
+	/* the task last: closing it again would wait for its worker, under our lock */
+	if (c == NULL || RAND_bytes(c->nonce, sizeof c->nonce) != 1 ||
+	    (inbound && conn_hello(ps, c) != SHARDMAP_OK) ||
+	    shardmap__task_open(ps->pool, conn_cb, c, &c->task) != SHARDMAP_OK) {
+		if (c != NULL)
+			free(c->wbuf);
 		free(c);
+		close(fd);
 		return NULL;
 	}
 	c->linked = 1;
@@ -734,7 +752,9 @@ static int on_announce(shardmap_peers *ps, struct conn *c, const uint8_t *p, siz
 	} else if (a.version == ps->version && a.digest != ps->digest && a.version > 0) {
 		mismatch = 1;
 	}
-	if (a.flags & SHARDMAP__ANNOUNCE_REPLY)
+	/* answer only when it tells them something: that we are ahead (they will pull) or that
+	 * our content differs; when they are ahead we pulled, when we agree silence says so */
+	if ((a.flags & SHARDMAP__ANNOUNCE_REPLY) && (ps->version > a.version || mismatch))
 		send_announce(ps, c, 0);
 	pthread_mutex_unlock(&ps->lock);
 	if (mismatch) {
@@ -769,10 +789,10 @@ static int on_pull(shardmap_peers *ps, struct conn *c, const uint8_t *p, size_t 
 	} else if (first < 0) {
 		/* gone from the ring (or never in it): only the store can help */
 		uint8_t buf[24];
-		struct shardmap__too_old t = {
-		    .asked = have,
-		    .oldest = ps->ring_n ? ps->ring[ps->ring_start].from : ps->version,
-		    .newest = ps->version};
+		struct shardmap__too_old t = {.asked = have,
+					      .oldest = ps->ring_n ? ps->ring[ps->ring_start].from
+								   : ps->version,
+					      .newest = ps->version};
 		conn_send(ps, c, SHARDMAP__FRAME_TOO_OLD, buf, shardmap__too_old_encode(&t, buf));
 	} else {
 		/* send the chain, up to half a queue; the announce after it brings the rest */
@@ -846,11 +866,11 @@ static int on_too_old(shardmap_peers *ps, struct conn *c, const uint8_t *p, size
 
 /* Check and dispatch one whole frame. */
 static int on_frame(shardmap_peers *ps, struct conn *c, const struct shardmap__frame_header *h,
-                    const uint8_t *frame, size_t frame_len)
+		    const uint8_t *frame, size_t frame_len)
 {
 	int hello = h->type == SHARDMAP__FRAME_HELLO;
-	if (ps->mac && shardmap__frame_verify(ps->mac, hello ? NULL : c->nonce, frame,
-	                                      frame_len) != 0) {
+	if (ps->mac &&
+	    shardmap__frame_verify(ps->mac, hello ? NULL : c->nonce, frame, frame_len) != 0) {
 		conn_refuse(c, SHARDMAP__REFUSE_BAD_TAG);
 		return FRAME_STOP;
 	}
@@ -863,7 +883,7 @@ static int on_frame(shardmap_peers *ps, struct conn *c, const struct shardmap__f
 		return FRAME_STOP;
 	}
 	c->rx_seq = h->seq;
-	count(&ps->ext->frames_in, 1);
+	count_frame(ps, ps->frames_in, h->type, &ps->ext->frames_in);
 	const uint8_t *payload = frame + SHARDMAP__FRAME_HEADER;
 	switch (h->type) {
 	case SHARDMAP__FRAME_HELLO:
@@ -919,8 +939,8 @@ static int conn_read(shardmap_peers *ps, struct conn *c)
 			size_t flen = 0;
 			enum shardmap__refuse why;
 			int rc = shardmap__frame_parse(c->rbuf + off, c->rlen - off,
-			                               ps->opt.max_frame_bytes, ps->mac != NULL, &h,
-			                               &flen, &why);
+						       ps->opt.max_frame_bytes, ps->mac != NULL, &h,
+						       &flen, &why);
 			if (rc < 0) {
 				conn_refuse(c, why);
 				return FRAME_STOP;
@@ -952,7 +972,8 @@ static int conn_flush(shardmap_peers *ps, struct conn *c, int *blocked)
 	for (;;) {
 		if (c->woff == c->wlen) {
 			if (c->state != CONN_OPEN)
-				return FRAME_GO_ON; /* only the hello goes before the peer's hello */
+				return FRAME_GO_ON; /* only the hello goes before the peer's hello
+						     */
 			pthread_mutex_lock(&ps->lock);
 			struct qframe *q = c->qhead;
 			if (q != NULL) {
@@ -967,15 +988,17 @@ static int conn_flush(shardmap_peers *ps, struct conn *c, int *blocked)
 			free(c->wbuf);
 			c->wbuf = NULL;
 			c->wlen = c->woff = 0;
-			int rc = shardmap__frame_build(ps->mac, c->peer_nonce, q->type, c->tx_seq + 1,
-			                               q->payload, q->len, &c->wbuf, &c->wlen);
+			uint8_t q_type = q->type;
+			int rc =
+			    shardmap__frame_build(ps->mac, c->peer_nonce, q->type, c->tx_seq + 1,
+						  q->payload, q->len, &c->wbuf, &c->wlen);
 			free(q);
 			if (rc != SHARDMAP_OK) {
 				count(&ps->ext->peer_queue_drops, 1);
 				continue;
 			}
 			c->tx_seq++;
-			count(&ps->ext->frames_out, 1);
+			count_frame(ps, ps->frames_out, q_type, &ps->ext->frames_out);
 		}
 		ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
 		if (n < 0) {
@@ -1026,8 +1049,9 @@ static void conn_cb(struct shardmap__task *t, void *arg, uint32_t events)
 			return;
 		}
 		c->state = CONN_HANDSHAKE;
-	} else if (conn_read(ps, c) == FRAME_STOP) {
-		return;
+	} else if ((events & (SHARDMAP__EV_READ | SHARDMAP__EV_ERROR)) &&
+		   conn_read(ps, c) == FRAME_STOP) {
+		return; /* (a wake or a timer alone has nothing to read) */
 	}
 	int blocked;
 	if (conn_flush(ps, c, &blocked) == FRAME_STOP)
@@ -1168,9 +1192,11 @@ static struct conn *conn_random(shardmap_peers *ps)
 static void antientropy(shardmap_peers *ps)
 {
 	struct conn *target = NULL;
-	for (struct conn *c = ps->conns; c && !target; c = c->next) {
+	count(&ps->antientropy_rounds, 1);
+	for (struct conn *c = ps->conns; c && !target && ps->n_needs_ae > 0; c = c->next) {
 		if (c->needs_ae) {
 			c->needs_ae = 0;
+			ps->n_needs_ae--;
 			target = c;
 		}
 	}
@@ -1298,7 +1324,7 @@ static void peers_free(shardmap_peers *ps)
 }
 
 int shardmap_peers_start(shardmap *m, shardmap_pool *p, const shardmap_peers_options *o,
-                         shardmap_peers **out)
+			 shardmap_peers **out)
 {
 	if (m == NULL || p == NULL || out == NULL)
 		return SHARDMAP_EINVAL;
@@ -1334,7 +1360,7 @@ int shardmap_peers_start(shardmap *m, shardmap_pool *p, const shardmap_peers_opt
 	if (rc == SHARDMAP_OK && ps->ring == NULL)
 		rc = SHARDMAP_ENOMEM;
 	if (rc == SHARDMAP_OK && !ck_hs_init(&ps->by_addr, CK_HS_MODE_OBJECT | CK_HS_MODE_SPMC,
-	                                     peer_hash, peer_same, &hs_allocator, 64, 0x5eed))
+					     peer_hash, peer_same, &hs_allocator, 64, 0x5eed))
 		rc = SHARDMAP_ENOMEM;
 	if (rc == SHARDMAP_OK && RAND_bytes((unsigned char *)&ps->rng, sizeof ps->rng) != 1)
 		rc = SHARDMAP_ENOMEM;
@@ -1346,7 +1372,7 @@ int shardmap_peers_start(shardmap *m, shardmap_pool *p, const shardmap_peers_opt
 		return rc;
 	}
 	snprintf(ps->node_id, sizeof ps->node_id, "%s",
-	         ps->opt.node_id ? ps->opt.node_id : ps->address);
+		 ps->opt.node_id ? ps->opt.node_id : ps->address);
 	ps->opt.node_id = ps->node_id;
 	ps->opt.listen = ps->address;
 
@@ -1363,8 +1389,8 @@ int shardmap_peers_start(shardmap *m, shardmap_pool *p, const shardmap_peers_opt
 	shardmap__unpin(m);
 
 	rc = shardmap__task_open(p, listener_cb, ps, &ps->listener);
-	if (rc == SHARDMAP_OK && shardmap__task_watch(ps->listener, ps->listen_fd,
-	                                              SHARDMAP__EV_READ) != SHARDMAP_OK)
+	if (rc == SHARDMAP_OK &&
+	    shardmap__task_watch(ps->listener, ps->listen_fd, SHARDMAP__EV_READ) != SHARDMAP_OK)
 		rc = SHARDMAP_EIO;
 	if (rc != SHARDMAP_OK) {
 		shardmap__observer_remove(m, &ps->observer);
@@ -1439,7 +1465,8 @@ int shardmap_peers_remove(shardmap_peers *ps, const char *host_port)
 	struct peer key;
 	addr_pack(&ss, &key.addr);
 	pthread_mutex_lock(&ps->lock);
-	struct peer *p = ck_hs_remove(&ps->by_addr, CK_HS_HASH(&ps->by_addr, peer_hash, &key), &key);
+	struct peer *p =
+	    ck_hs_remove(&ps->by_addr, CK_HS_HASH(&ps->by_addr, peer_hash, &key), &key);
 	if (p == NULL) {
 		pthread_mutex_unlock(&ps->lock);
 		return SHARDMAP_ENOENT;
@@ -1494,6 +1521,12 @@ void shardmap__peers_counters(const shardmap_peers *ps, struct shardmap__peers_c
 	out->inbound_refused = atomic_load_explicit(&ps->inbound_refused, memory_order_relaxed);
 	out->connects = atomic_load_explicit(&ps->connects, memory_order_relaxed);
 	out->connect_failures = atomic_load_explicit(&ps->connect_failures, memory_order_relaxed);
+	for (unsigned t = 0; t < SHARDMAP__FRAME_TYPES; t++) {
+		out->frames_in[t] = atomic_load_explicit(&ps->frames_in[t], memory_order_relaxed);
+		out->frames_out[t] = atomic_load_explicit(&ps->frames_out[t], memory_order_relaxed);
+	}
+	out->antientropy_rounds =
+	    atomic_load_explicit(&ps->antientropy_rounds, memory_order_relaxed);
 	out->handshake_timeouts =
 	    atomic_load_explicit(&ps->handshake_timeouts, memory_order_relaxed);
 	pthread_mutex_t *lock = (pthread_mutex_t *)&ps->lock;

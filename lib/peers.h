@@ -7,18 +7,28 @@
 
 #include <stdint.h>
 
+#include "peer_proto.h"
 #include "shardmap.h"
 
 struct shardmap__peers_counters {
-	uint64_t too_old;          /* "too old: go to the store" answers received */
-	uint64_t store_asks;       /* catch-ups asked of the store follower (too old, digests) */
-	uint64_t inbound_refused;  /* connections accepted and closed at the inbound cap */
-	uint64_t connects;         /* outbound connection attempts */
-	uint64_t connect_failures; /* attempts that failed before a hello came back */
-	uint64_t handshake_timeouts; /* connections closed for not finishing the handshake */
-	uint64_t outbound, inbound, established, live; /* connections now */
-	uint64_t ring;             /* deltas in the ring */
-	uint64_t version;          /* our map's version as the peers module last saw it */
+	/* "too old: go to the store" answers received */
+	uint64_t too_old;
+	/* catch-ups asked of the store follower (too old, digest mismatches) */
+	uint64_t store_asks;
+	/* connections accepted and closed at once at the inbound cap */
+	uint64_t inbound_refused;
+	/* outbound connection attempts, and those that failed before a hello came back */
+	uint64_t connects, connect_failures;
+	/* connections closed for not finishing the handshake in time */
+	uint64_t handshake_timeouts;
+	/* anti-entropy rounds run */
+	uint64_t antientropy_rounds;
+	/* connections now: outbound, inbound, hellos exchanged, not yet freed */
+	uint64_t outbound, inbound, established, live;
+	/* deltas in the ring; our map's version as the peers module last saw it */
+	uint64_t ring, version;
+	/* frames by enum shardmap__frame_type (index 0 unused) */
+	uint64_t frames_in[SHARDMAP__FRAME_TYPES], frames_out[SHARDMAP__FRAME_TYPES];
 };
 
 /* Connections dropped for reason (enum shardmap__refuse, peer_proto.h); 0 out of range.

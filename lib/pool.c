@@ -7,8 +7,9 @@
  * Object model (as libuv's handles): a task is created on the least loaded worker and stays
  * there for life, so its callback never runs on two threads at once and its own state needs
  * no lock. A task watches at most one fd (level-triggered) and has at most one one-shot
- * timer; any thread may wake it. An fd is watched by one task at a time (epoll keys its
- * interest list by fd: dup() it for a second watcher). Events that arrive together are delivered in one callback
+ * timer; any thread may wake it, and wakes that arrive before the callback runs coalesce.
+ * An fd is watched by one task at a time (epoll keys its interest list by fd: dup() it for
+ * a second watcher). Events that arrive together are delivered in one callback
  * (READ|TIMER|WAKE ...). Events may be spurious (a readiness reported just before the task
  * changed fd): callbacks use non-blocking fds and treat EAGAIN as "nothing to do".
  *
@@ -50,10 +51,10 @@
 #include "pool.h"
 
 #define POOL_DEFAULT_THREADS 2u
-#define POOL_MAX_THREADS 256u
+#define POOL_MAX_THREADS     256u
 #define POOL_EVENTS_PER_WAIT 128
-#define NO_DEADLINE UINT64_MAX
-#define NOT_IN_HEAP SIZE_MAX
+#define NO_DEADLINE	     UINT64_MAX
+#define NOT_IN_HEAP	     SIZE_MAX
 
 struct worker;
 
@@ -62,17 +63,17 @@ struct shardmap__task {
 	shardmap__task_fn fn;
 	void *ctx;
 	/* under w->lock */
-	int fd;                /* watched fd, -1 none */
-	uint32_t watch;        /* SHARDMAP__EV_READ|WRITE registered for fd */
-	uint64_t deadline_ms;  /* NO_DEADLINE: timer disarmed */
-	size_t heap_index;     /* position in w->heap, NOT_IN_HEAP when disarmed */
-	uint32_t ready;        /* events gathered for the next callback */
-	int runnable;          /* on w's run list */
-	int closed;            /* no callback starts any more */
-	int released;          /* the worker let go of it: the foreign closer may free it */
-	struct shardmap__task *run_prev, *run_next; /* run list */
+	int fd;		      /* watched fd, -1 none */
+	uint32_t watch;	      /* SHARDMAP__EV_READ|WRITE registered for fd */
+	uint64_t deadline_ms; /* NO_DEADLINE: timer disarmed */
+	size_t heap_index;    /* position in w->heap, NOT_IN_HEAP when disarmed */
+	uint32_t ready;	      /* events gathered for the next callback */
+	int runnable;	      /* on w's run list */
+	int closed;	      /* no callback starts any more */
+	int released;	      /* the worker let go of it: the foreign closer may free it */
+	struct shardmap__task *run_prev, *run_next;   /* run list */
 	struct shardmap__task *live_prev, *live_next; /* every open task of w */
-	struct shardmap__task *close_next;            /* w->closing or w->dead */
+	struct shardmap__task *close_next;	      /* w->closing or w->dead */
 };
 
 struct worker {
@@ -92,11 +93,11 @@ struct worker {
 	size_t run_n;
 	struct shardmap__task *live;
 	struct shardmap__task *closing; /* closed by other threads, waiting for release */
-	struct shardmap__task *dead;    /* closed on this worker's thread, freed at step 1 */
-	int sleeping;                   /* between computing a timeout and waking from epoll */
-	int kicked;                     /* the eventfd was written and not drained yet */
+	struct shardmap__task *dead;	/* closed on this worker's thread, freed at step 1 */
+	int sleeping;			/* between computing a timeout and waking from epoll */
+	int kicked;			/* the eventfd was written and not drained yet */
 	int stopping;
-	int exited;                     /* the loop has returned: nothing references tasks */
+	int exited; /* the loop has returned: nothing references tasks */
 };
 
 struct shardmap_pool {
@@ -407,8 +408,8 @@ int shardmap_pool_open(unsigned threads, shardmap_pool **out)
 	unsigned started = 0;
 	for (; started < threads; started++) {
 		rc = worker_init(p, &ws[started], started);
-		if (rc == SHARDMAP_OK && pthread_create(&ws[started].thread, NULL, worker_main,
-		                                        &ws[started]) != 0)
+		if (rc == SHARDMAP_OK &&
+		    pthread_create(&ws[started].thread, NULL, worker_main, &ws[started]) != 0)
 			rc = SHARDMAP_ENOMEM; /* EAGAIN: the thread limit; nothing else is likely */
 		if (rc != SHARDMAP_OK)
 			break;
@@ -457,7 +458,7 @@ void shardmap_pool_close(shardmap_pool *p)
 /* ---------------------------------------------------------------- tasks */
 
 int shardmap__task_open(shardmap_pool *p, shardmap__task_fn fn, void *ctx,
-                        struct shardmap__task **out)
+			struct shardmap__task **out)
 {
 	if (p == NULL || fn == NULL || out == NULL)
 		return SHARDMAP_EINVAL;

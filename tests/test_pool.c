@@ -150,7 +150,7 @@ Test(pool, fd_readiness)
 		cr_assert_eq(waiter_wait(&c.seen, i), i, "byte %d was not seen", i);
 	}
 	cr_assert_eq(shardmap__task_watch(t, 12345, SHARDMAP__EV_READ), SHARDMAP_EIO,
-	             "watching a closed fd fails");
+		     "watching a closed fd fails");
 	shardmap__task_close(t);
 	close(fds[0]);
 	close(fds[1]);
@@ -287,7 +287,8 @@ Test(pool, timers_fire_once_in_deadline_order)
 	struct timer_ctx ctx[N + 1];
 	struct shardmap__task *t[N + 1];
 	for (int i = 0; i <= N; i++) {
-		ctx[i] = (struct timer_ctx){.id = i, .fired = &fired, .order = order, .next = &next};
+		ctx[i] =
+		    (struct timer_ctx){.id = i, .fired = &fired, .order = order, .next = &next};
 		cr_assert_eq(shardmap__task_open(p, on_timer, &ctx[i], &t[i]), 0);
 	}
 	/* Arm everything while the worker is held, so no timer can fire before all are set. */
@@ -312,7 +313,7 @@ Test(pool, timers_fire_once_in_deadline_order)
 	expect[N - 1] = 1;
 	for (int k = 0; k < N; k++)
 		cr_assert_eq(order[k], expect[k], "position %d fired task %d, expected %d", k,
-		             order[k], expect[k]);
+			     order[k], expect[k]);
 	cr_assert_eq(atomic_load(&ctx[N].count), 0, "a disarmed timer never fires");
 	for (int i = 0; i < N; i++)
 		cr_assert_eq(atomic_load(&ctx[i].count), 1, "one-shot: task %d", i);
@@ -442,7 +443,7 @@ Test(pool, close_neighbour_from_callback)
 struct churn_ctx {
 	struct shardmap__task *task;
 	int self_close_after; /* 0: the owner closes it */
-	int timer_seen;       /* callback-owned */
+	int timer_seen;	      /* callback-owned */
 	_Atomic int calls;
 	_Atomic int in_callback;
 	_Atomic int closed;
@@ -535,9 +536,12 @@ Test(pool, close_inside_and_outside_while_events_flow, .timeout = 240)
 	struct churn_thread ct[THREADS];
 	for (int i = 0; i < THREADS; i++) {
 		atomic_init(&calls[i], 0);
-		ct[i] = (struct churn_thread){.pool = p, .rfd = efd, .iterations = ITERATIONS,
-		                              .seed = i + 1, .violations = &violations,
-		                              .calls = &calls[i]};
+		ct[i] = (struct churn_thread){.pool = p,
+					      .rfd = efd,
+					      .iterations = ITERATIONS,
+					      .seed = i + 1,
+					      .violations = &violations,
+					      .calls = &calls[i]};
 		cr_assert_eq(pthread_create(&th[i], NULL, churn_main, &ct[i]), 0);
 	}
 	long total = 0;
@@ -546,7 +550,7 @@ Test(pool, close_inside_and_outside_while_events_flow, .timeout = 240)
 		total += atomic_load(&calls[i]);
 	}
 	cr_assert_eq(atomic_load(&violations), 0,
-	             "a callback ran after close or concurrently with itself");
+		     "a callback ran after close or concurrently with itself");
 	cr_assert_geq(total, THREADS * ITERATIONS, "every task ran at least once");
 	close(efd);
 	shardmap_pool_close(p);
@@ -610,7 +614,7 @@ Test(pool, one_pool_many_tasks)
 		on_other += !pthread_equal(atomic_load(&c[i].thread), first);
 	}
 	cr_assert(on_other > TASKS / 4 && on_other < 3 * TASKS / 4,
-	          "tasks are spread over both workers (%d of %d on the other)", on_other, TASKS);
+		  "tasks are spread over both workers (%d of %d on the other)", on_other, TASKS);
 	for (int i = 0; i < TASKS; i++)
 		shardmap__task_close(t[i]);
 	shardmap_pool_close(p);
