@@ -74,6 +74,22 @@ static void write_delta(shardmap_store *s, const shardmap_delta *d)
 	bench_check_rc(shardmap_store_write(s, d), "shardmap_store_write");
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st, (void)flag, (void)ftw;
+	return remove(path);
+}
+
+/* The fixture directory on disk, removed at exit even when the benchmark dies. */
+static char fixture_dir[512];
+
+static void remove_fixture_dir(void)
+{
+	if (fixture_dir[0] != '\0')
+		nftw(fixture_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_dir[0] = '\0';
+}
+
 static void fixture_make(struct fixture *f, const struct shape_def *shape, const char *base)
 {
 	struct bench_map bm;
@@ -81,6 +97,7 @@ static void fixture_make(struct fixture *f, const struct shape_def *shape, const
 	snprintf(f->dir, sizeof f->dir, "%s/shardmap-bench-bootstrap-XXXXXX", base);
 	if (mkdtemp(f->dir) == NULL)
 		bench_die("mkdtemp %s: %s", f->dir, strerror(errno));
+	snprintf(fixture_dir, sizeof fixture_dir, "%s", f->dir);
 	snprintf(f->store_dir, sizeof f->store_dir, "%s/store", f->dir);
 	snprintf(f->store_uri, sizeof f->store_uri, "file:%s", f->store_dir);
 	snprintf(f->snap, sizeof f->snap, "%s/warm.snap", f->dir);
@@ -132,15 +149,9 @@ static void fixture_make(struct fixture *f, const struct shape_def *shape, const
 	bench_map_free(&bm);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st, (void)flag, (void)ftw;
-	return remove(path);
-}
-
 static void fixture_free(struct fixture *f)
 {
-	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	remove_fixture_dir();
 	free(f->names);
 }
 
@@ -582,6 +593,7 @@ int main(int argc, char **argv)
 	const char *base = "/var/tmp";
 	bench_parse_args(argc, argv, &o, " [--dir PATH (where the stores go, default /var/tmp)]",
 			 extra_opt, &base);
+	atexit(remove_fixture_dir);
 	json_t *doc = bench_json_new("bootstrap", &o);
 	bench_json_str(doc, "dir", base);
 	const struct shape_def *shapes = o.quick ? quick_shapes : full_shapes;

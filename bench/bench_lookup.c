@@ -848,7 +848,7 @@ static void report_targets(json_t *doc, const struct target_inputs *t)
 
 struct lookup_opts {
 	const char *only_shape;   /* --shape NAME */
-	int only_variant;         /* --variant NAME, -1 = all */
+	unsigned variants;        /* --variants a,b,...: bit per enum variant (0 = all) */
 	unsigned duration_ms;     /* --duration-ms N */
 	int no_writer;            /* --no-writer */
 };
@@ -862,13 +862,19 @@ static int extra_opt(void *ctx, const char *arg, const char *val)
 		lo->only_shape = val;
 		return 1;
 	}
-	if (strcmp(arg, "--variant") == 0) {
-		for (int v = 0; v < N_VARIANTS; v++)
-			if (val != NULL && strcmp(val, variant_name[v]) == 0) {
-				lo->only_variant = v;
-				return 1;
-			}
-		bench_die("--variant: one of raw same each per64 rwlock mutex");
+	if (strcmp(arg, "--variants") == 0) {
+		char buf[128];
+		snprintf(buf, sizeof buf, "%s", val ? val : "");
+		for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+		     tok = strtok_r(NULL, ",", &save)) {
+			int v = 0;
+			while (v < N_VARIANTS && strcmp(tok, variant_name[v]) != 0)
+				v++;
+			if (v == N_VARIANTS)
+				bench_die("--variants: a list of raw same each per64 rwlock mutex");
+			lo->variants |= 1u << v;
+		}
+		return 1;
 	}
 	if (strcmp(arg, "--duration-ms") == 0) {
 		lo->duration_ms = (unsigned)bench_parse_num(arg, val);
@@ -884,12 +890,14 @@ static int extra_opt(void *ctx, const char *arg, const char *val)
 int main(int argc, char **argv)
 {
 	struct bench_opts o;
-	struct lookup_opts lo = {NULL, -1, 0, 0};
-	bench_parse_args(argc, argv, &o, " [--shape NAME] [--variant NAME] [--duration-ms N]"
+	struct lookup_opts lo = {NULL, 0, 0, 0};
+	bench_parse_args(argc, argv, &o, " [--shape NAME] [--variants raw,same,...] [--duration-ms N]"
 	                                 " [--no-writer]",
 	                 extra_opt, &lo);
 	if (o.runs > 64)
 		bench_die("--runs: at most 64");
+	if (lo.variants == 0)
+		lo.variants = (1u << N_VARIANTS) - 1;
 	const struct shape_def *defs = o.quick ? quick_shapes : full_shapes;
 	size_t n_defs = o.quick ? sizeof quick_shapes / sizeof quick_shapes[0]
 	                        : sizeof full_shapes / sizeof full_shapes[0];
@@ -918,7 +926,7 @@ int main(int argc, char **argv)
 
 		/* warm-up: one untimed pass of each variant */
 		for (unsigned v = 0; v < N_VARIANTS; v++)
-			if (lo.only_variant < 0 || (int)v == lo.only_variant)
+			if (lo.variants & (1u << v))
 				measure(&s, v, &configs[0], duration_ns / 4, &rng);
 		for (unsigned run = 0; run < o.runs; run++) {
 			for (unsigned ci = 0; ci < N_CONFIGS; ci++) {
@@ -926,7 +934,7 @@ int main(int argc, char **argv)
 					continue;
 				for (unsigned k = 0; k < N_VARIANTS; k++) {
 					enum variant v = (k + run) % N_VARIANTS; /* rotate the order */
-					if (lo.only_variant >= 0 && (int)v != lo.only_variant)
+					if (!(lo.variants & (1u << v)))
 						continue;
 					if (configs[ci].writer && !variant_allows_writer(v))
 						continue;

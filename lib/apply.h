@@ -24,9 +24,23 @@ int shardmap__apply_check_version(uint64_t cur, const shardmap_delta *d, shardma
  * Returns: 0; SHARDMAP_EINVAL (a malformed op), SHARDMAP_ECONFLICT (an op or an invariant
  * failed), SHARDMAP_ENOMEM, each with why's op_index and message set. After an error the
  * caller must abort t.
- * Work: O(ops x log(size)) plus, per deleted stream, O(its shards). */
+ * Work: O(ops x log(size)) plus, per deleted stream, O(its shards); a stream the batch
+ * creates is built in bulk when the batch is large (SHARDMAP__APPLY_BULK_MIN_OPS): O(its
+ * shards) plus a sort when its open shards come out of start order, and transient heap
+ * memory of about 72 bytes per shard. */
 int shardmap__apply_ops(struct shardmap__txn *t, struct shardmap__version *v,
 			const shardmap_delta *d, struct shardmap__ptrvec *dead,
 			shardmap_error *why);
+
+/* ---- added by bootstrap ---- */
+
+/* Batches of at least this many ops build each stream they create in bulk (apply.c): its
+ * records queue up and its trees are built in one pass at the end (or before an op that
+ * needs them), with the same result as applying op by op. */
+#define SHARDMAP__APPLY_BULK_MIN_OPS 256
+
+/* Test hook: the batch size from which the bulk path is taken (0: every batch; SIZE_MAX:
+ * never), process-wide. Thread-safety: call before applying anything (a relaxed store). */
+void shardmap__apply_set_bulk_min_ops(size_t n);
 
 #endif

@@ -25,6 +25,9 @@
  * from a sibling or merges with it; a short right-edge node with no sibling stays short, or
  * goes when empty. The root shrinks away when it has one child.
  *
+ * A bulk build (shardmap__btree_build) makes that same in-order shape bottom-up from sorted
+ * starts: full leaves, then full inner levels over them, each node made once.
+ *
  * Changes are copy-on-write through a transaction (txn.h): the nodes of the root-to-leaf path
  * (and any sibling a delete touches) that the transaction does not own are copied and the
  * originals retired; owned nodes are changed in place. Every step that can fail (allocating,
@@ -684,6 +687,73 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree, s
 	}
 	tree->count--;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ bulk build */
+
+/* A node of the level being built, and the smallest start under it. */
+struct bt_level_ent {
+	shardmap_hash min;
+	struct bt_node *node;
+};
+
+int shardmap__btree_build(struct shardmap__txn *t, struct shardmap__btree *tree,
+			  const struct shardmap__btree_item *items, size_t n)
+{
+	if (tree->root != NULL || tree->count != 0 || (n > 0 && items == NULL))
+		return SHARDMAP_EINVAL;
+	for (size_t i = 1; i < n; i++)
+		if (key_le(items[i].start, items[i - 1].start))
+			return SHARDMAP_EINVAL;
+	if (n == 0)
+		return 0;
+	/* The list of one level's nodes: transient, so plain heap memory (still counted, and
+	 * failed by the out-of-memory test hook), not the map's arena. Each level is written
+	 * over the one below it: level l + 1 has at most a sixteenth of its entries. */
+	size_t width = (n + BT_WAY - 1) / BT_WAY;
+	struct shardmap__mem heap;
+	shardmap__mem_init(&heap, 0);
+	struct bt_level_ent *lv = shardmap__alloc(&heap, width * sizeof *lv);
+	int rc = lv ? 0 : SHARDMAP_ENOMEM;
+	for (size_t i = 0; i < width && rc == 0; i++) {
+		struct bt_node *leaf = node_new(t, 1);
+		if (leaf == NULL) {
+			rc = SHARDMAP_ENOMEM;
+			break;
+		}
+		size_t at = i * BT_WAY, k = n - at < BT_WAY ? n - at : BT_WAY;
+		for (unsigned j = 0; j < k; j++)
+			set_slot(leaf, j, items[at + j].start, items[at + j].value);
+		leaf->n = (uint32_t)k;
+		lv[i] = (struct bt_level_ent){items[at].start, leaf};
+	}
+	unsigned height = 1;
+	while (rc == 0 && width > 1) {
+		size_t up = (width + BT_WAY - 1) / BT_WAY;
+		for (size_t i = 0; i < up; i++) {
+			struct bt_node *inner = node_new(t, 0);
+			if (inner == NULL) {
+				rc = SHARDMAP_ENOMEM;
+				break;
+			}
+			size_t at = i * BT_WAY, k = width - at < BT_WAY ? width - at : BT_WAY;
+			shardmap_hash min = lv[at].min;
+			for (unsigned j = 0; j < k; j++)
+				set_slot(inner, j, j ? lv[at + j].min : key_min, lv[at + j].node);
+			inner->n = (uint32_t)k;
+			lv[i] = (struct bt_level_ent){min, inner};
+		}
+		width = up;
+		height++;
+	}
+	if (rc == 0) {
+		tree->root = lv[0].node;
+		tree->height = height;
+		tree->count = n;
+	}
+	shardmap__free(&heap, lv);
+	shardmap__mem_fini(&heap);
+	return rc;
 }
 
 /* ------------------------------------------------------------------ walking */

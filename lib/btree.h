@@ -57,4 +57,22 @@ int shardmap__btree_use_simd(int on);
  * source line of the first check that failed. */
 int shardmap__btree_check(const struct shardmap__btree *t);
 
+/* ---- added by bootstrap ---- */
+
+/* One entry of a bulk build. */
+struct shardmap__btree_item {
+	shardmap_hash start;
+	const void *value;
+};
+
+/* Build the empty tree from n items given in strictly increasing start order, bottom-up:
+ * every node full except the last one of each level (the shape inserting them in order
+ * gives), each node made once and owned by t, none copied or retired.
+ * Returns 0; SHARDMAP_EINVAL (tree not empty, or the starts not strictly increasing: tree
+ * unchanged); SHARDMAP_ENOMEM (tree left empty; the nodes made so far are on t's created
+ * list, so the caller aborts t). Work: O(n); n/16 pointers of temporary heap memory.
+ * Thread-safety: one writer. */
+int shardmap__btree_build(struct shardmap__txn *t, struct shardmap__btree *tree,
+			  const struct shardmap__btree_item *items, size_t n);
+
 #endif

@@ -6,8 +6,9 @@
  *
  * The decoder treats its input as hostile. Every length, count and offset is checked
  * against the bytes that remain before it is used; a count is also bounded by the smallest
- * encoding one item can have, and arrays grow with what has actually been decoded, so the
- * memory a record can make us allocate is proportional to its real size. Every malformed
+ * encoding one item can have, and sizes its array up front only when the record's size
+ * vouches for it (else the array grows with what has actually been decoded), so the memory
+ * a record can make us allocate is proportional to its real size. Every malformed
  * input gets SHARDMAP_ECORRUPT and a message naming the field and offset; an incomplete one
  * gets the "need more bytes" answer so stream readers (journal, peer sockets) can wait.
  * Encoding is canonical: decode(x) re-encodes to exactly x (the fuzz target checks this).
@@ -19,14 +20,15 @@
 #include "codec.h"
 
 static const uint8_t codec_magic[4] = {'S', 'M', 'A', 'P'};
-#define CODEC_FORMAT 1u
-#define BODY_FIXED 20u         /* from u64, to u64, n_ops u32 */
-#define MIN_OP_BYTES 3u        /* kind + length + one byte of name: delete_stream/cell */
-#define MIN_ENDPOINT_BYTES 4u  /* length + "h:1" */
-#define SHARD_FLAG_OPEN 0x1u
-#define SHARD_FLAG_PARENT 0x2u
+#define CODEC_FORMAT	    1u
+#define BODY_FIXED	    20u /* from u64, to u64, n_ops u32 */
+#define MIN_OP_BYTES	    3u	/* kind + length + one byte of name: delete_stream/cell */
+#define MIN_ENDPOINT_BYTES  4u	/* length + "h:1" */
+#define OPS_PER_BODY_BYTE   4u	/* decoded op array bytes a body byte vouches for */
+#define SHARD_FLAG_OPEN	    0x1u
+#define SHARD_FLAG_PARENT   0x2u
 #define SHARD_FLAG_ADJACENT 0x4u
-#define SHARD_FLAGS_KNOWN 0x7u
+#define SHARD_FLAGS_KNOWN   0x7u
 
 /* ---------------------------------------------------------------- little-endian access */
 
@@ -110,7 +112,7 @@ static size_t op_size(const struct shardmap__op *op)
 		return (s = str_size(op->id)) ? n + s : 0;
 	case SHARDMAP__OP_PUT_SHARD: {
 		const char *strs[5] = {op->stream, op->id, op->owner_cell, op->parent,
-		                       op->adjacent_parent};
+				       op->adjacent_parent};
 		if (shardmap_hash_cmp(op->start, op->end) > 0)
 			return 0;
 		n += 1 + 32;
@@ -168,8 +170,8 @@ static uint8_t *put_op(uint8_t *p, const struct shardmap__op *op)
 		p = put_str(p, op->stream);
 		p = put_str(p, op->id);
 		*p++ = (uint8_t)((op->open ? SHARD_FLAG_OPEN : 0) |
-		                 (op->parent ? SHARD_FLAG_PARENT : 0) |
-		                 (op->adjacent_parent ? SHARD_FLAG_ADJACENT : 0));
+				 (op->parent ? SHARD_FLAG_PARENT : 0) |
+				 (op->adjacent_parent ? SHARD_FLAG_ADJACENT : 0));
 		put_u64(p, op->start.hi);
 		put_u64(p + 8, op->start.lo);
 		put_u64(p + 16, op->end.hi);
@@ -233,63 +235,63 @@ int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len)
 /* Check the frame at buf: header fields, length limit, completeness, checksum, the fixed
  * body fields. On success *body and *body_len describe the body and *consumed the record. */
 static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, size_t *body_len,
-                       size_t *consumed, shardmap_error *why)
+		       size_t *consumed, shardmap_error *why)
 {
 	*consumed = 0;
 	if (len == 0)
-		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX, "incomplete record: no "
-		                           "bytes yet");
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
+					   "incomplete record: no bytes yet");
 	/* Check what is there even before the header is complete, so that garbage is reported
 	 * as soon as possible instead of waiting for bytes that will never make sense. */
 	size_t have = len < 4 ? len : 4;
 	if (memcmp(buf, codec_magic, have) != 0)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "bad magic at offset 0 (not a shardmap record)");
+					   "bad magic at offset 0 (not a shardmap record)");
 	if (len >= 6 && get_u16(buf + 4) != CODEC_FORMAT)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "unsupported format version %u at offset 4 (this build "
-		                           "reads version %u)",
-		                           get_u16(buf + 4), CODEC_FORMAT);
+					   "unsupported format version %u at offset 4 (this build "
+					   "reads version %u)",
+					   get_u16(buf + 4), CODEC_FORMAT);
 	if (len < SHARDMAP__CODEC_HEADER_BYTES)
 		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
-		                           "incomplete record: %zu of %u header bytes", len,
-		                           SHARDMAP__CODEC_HEADER_BYTES);
+					   "incomplete record: %zu of %u header bytes", len,
+					   SHARDMAP__CODEC_HEADER_BYTES);
 	if (get_u16(buf + 6) != 0)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "reserved header flags 0x%04x set at offset 6",
-		                           get_u16(buf + 6));
+					   "reserved header flags 0x%04x set at offset 6",
+					   get_u16(buf + 6));
 	if (get_u32(buf + 12) != header_check(buf))
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "header check mismatch at offset 12 (corrupt header)");
+					   "header check mismatch at offset 12 (corrupt header)");
 	uint32_t blen = get_u32(buf + 8);
 	if (blen > SHARDMAP__CODEC_MAX_BODY)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "body length %u at offset 8 exceeds the limit %u", blen,
-		                           SHARDMAP__CODEC_MAX_BODY);
+					   "body length %u at offset 8 exceeds the limit %u", blen,
+					   SHARDMAP__CODEC_MAX_BODY);
 	if (blen < BODY_FIXED)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "body length %u at offset 8 is below the minimum %u",
-		                           blen, BODY_FIXED);
+					   "body length %u at offset 8 is below the minimum %u",
+					   blen, BODY_FIXED);
 	size_t total = SHARDMAP__CODEC_HEADER_BYTES + blen + SHARDMAP__CODEC_TRAILER_BYTES;
 	if (len < total) {
 		*consumed = total;
 		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
-		                           "incomplete record: %zu of %zu bytes", len, total);
+					   "incomplete record: %zu of %zu bytes", len, total);
 	}
 	size_t sum_at = SHARDMAP__CODEC_HEADER_BYTES + blen;
 	uint64_t stored = get_u64(buf + sum_at), computed = XXH3_64bits(buf, sum_at);
 	if (stored != computed)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "checksum mismatch at offset %zu (stored %016llx, "
-		                           "computed %016llx)",
-		                           sum_at, (unsigned long long)stored,
-		                           (unsigned long long)computed);
+					   "checksum mismatch at offset %zu (stored %016llx, "
+					   "computed %016llx)",
+					   sum_at, (unsigned long long)stored,
+					   (unsigned long long)computed);
 	const uint8_t *b = buf + SHARDMAP__CODEC_HEADER_BYTES;
 	if (get_u64(b + 8) <= get_u64(b))
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "to_version %llu is not above from_version %llu",
-		                           (unsigned long long)get_u64(b + 8),
-		                           (unsigned long long)get_u64(b));
+					   "to_version %llu is not above from_version %llu",
+					   (unsigned long long)get_u64(b + 8),
+					   (unsigned long long)get_u64(b));
 	*body = b;
 	*body_len = blen;
 	*consumed = total;
@@ -297,7 +299,7 @@ static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, siz
 }
 
 int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
-                         size_t *consumed, shardmap_error *why)
+			 size_t *consumed, shardmap_error *why)
 {
 	const uint8_t *body;
 	size_t blen, used;
@@ -320,8 +322,8 @@ int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_
 /* A bounded cursor over the body. Offsets in messages are from the start of the record. */
 struct cursor {
 	const uint8_t *p, *end, *base;
-	size_t op;            /* index of the op being decoded */
-	const char *op_name;  /* its kind's name */
+	size_t op;	     /* index of the op being decoded */
+	const char *op_name; /* its kind's name */
 	shardmap_error *why;
 };
 
@@ -334,8 +336,8 @@ static size_t offset(const struct cursor *c)
 static int truncated(struct cursor *c, const char *what)
 {
 	shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-	                    "op %zu (%s): %s truncated at offset %zu (record ends early)", c->op,
-	                    c->op_name, what, offset(c));
+			    "op %zu (%s): %s truncated at offset %zu (record ends early)", c->op,
+			    c->op_name, what, offset(c));
 	return SHARDMAP_ECORRUPT;
 }
 
@@ -356,6 +358,15 @@ static int take_u64(struct cursor *c, const char *what, uint64_t *v)
 	return 0;
 }
 
+/* Fail a string field whose bytes are not a valid name (or endpoint). */
+static int invalid_str(struct cursor *c, const char *what, size_t at, int endpoint)
+{
+	return shardmap__error_set(
+	    c->why, SHARDMAP_ECORRUPT, c->op, "op %zu (%s): invalid %s at offset %zu (%s)", c->op,
+	    c->op_name, what, at,
+	    endpoint ? "not host:port with a port 1..65535" : "control character or NUL");
+}
+
 /* A string field into a fresh heap copy: length 1..255, bytes that shardmap__check_name
  * (or, for endpoints, shardmap__check_endpoint) accepts, no embedded NUL. */
 static int take_str(struct cursor *c, const char *what, int endpoint, char **out)
@@ -366,26 +377,29 @@ static int take_str(struct cursor *c, const char *what, int endpoint, char **out
 		return SHARDMAP_ECORRUPT;
 	if (n == 0)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (%s): empty %s at offset %zu", c->op,
-		                           c->op_name, what, at);
+					   "op %zu (%s): empty %s at offset %zu", c->op, c->op_name,
+					   what, at);
 	if ((size_t)(c->end - c->p) < n)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (%s): %s length %u at offset %zu runs past the "
-		                           "end of the record",
-		                           c->op, c->op_name, what, n, at);
+					   "op %zu (%s): %s length %u at offset %zu runs past the "
+					   "end of the record",
+					   c->op, c->op_name, what, n, at);
+	/* What shardmap__check_name refuses in a name of 1..255 bytes is a control character
+	 * (an embedded NUL among them): one pass over the bytes, before copying them. An
+	 * endpoint then gets its own check. */
+	unsigned bad = 0;
+	for (size_t i = 0; i < n; i++)
+		bad |= (c->p[i] < 0x20) | (c->p[i] == 0x7f);
+	if (bad)
+		return invalid_str(c, what, at, endpoint);
 	char *s = malloc((size_t)n + 1);
 	if (s == NULL)
 		return SHARDMAP_ENOMEM;
 	memcpy(s, c->p, n);
 	s[n] = '\0';
-	if (memchr(s, '\0', n) != NULL ||
-	    (endpoint ? shardmap__check_endpoint(s) : shardmap__check_name(s)) != 0) {
+	if (endpoint && shardmap__check_endpoint(s) != 0) {
 		free(s);
-		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (%s): invalid %s at offset %zu (%s)", c->op,
-		                           c->op_name, what, at,
-		                           endpoint ? "not host:port with a port 1..65535"
-		                                    : "control character or NUL");
+		return invalid_str(c, what, at, endpoint);
 	}
 	c->p += n;
 	*out = s;
@@ -402,9 +416,9 @@ static int take_shard(struct cursor *c, struct shardmap__op *op)
 		return rc;
 	if (flags & ~SHARD_FLAGS_KNOWN)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (put_shard %s): unknown shard flags 0x%02x at "
-		                           "offset %zu",
-		                           c->op, op->id, flags, offset(c) - 1);
+					   "op %zu (put_shard %s): unknown shard flags 0x%02x at "
+					   "offset %zu",
+					   c->op, op->id, flags, offset(c) - 1);
 	op->open = (flags & SHARD_FLAG_OPEN) != 0;
 	if ((rc = take_u64(c, "range start", &op->start.hi)) != 0 ||
 	    (rc = take_u64(c, "range start", &op->start.lo)) != 0 ||
@@ -413,8 +427,8 @@ static int take_shard(struct cursor *c, struct shardmap__op *op)
 		return rc;
 	if (shardmap_hash_cmp(op->start, op->end) > 0)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (put_shard %s): range start is above range end",
-		                           c->op, op->id);
+					   "op %zu (put_shard %s): range start is above range end",
+					   c->op, op->id);
 	if ((rc = take_str(c, "owner cell", 0, &op->owner_cell)) != 0)
 		return rc;
 	if ((flags & SHARD_FLAG_PARENT) && (rc = take_str(c, "parent", 0, &op->parent)) != 0)
@@ -437,14 +451,14 @@ static int take_cell(struct cursor *c, struct shardmap__op *op)
 	c->p += 2;
 	if (n == 0)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (put_cell %s): no endpoints (count 0 at offset "
-		                           "%zu)",
-		                           c->op, op->id, at);
+					   "op %zu (put_cell %s): no endpoints (count 0 at offset "
+					   "%zu)",
+					   c->op, op->id, at);
 	if (n > (size_t)(c->end - c->p) / MIN_ENDPOINT_BYTES)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu (put_cell %s): endpoint count %zu at offset %zu "
-		                           "exceeds what the remaining %zu bytes can hold",
-		                           c->op, op->id, n, at, (size_t)(c->end - c->p));
+					   "op %zu (put_cell %s): endpoint count %zu at offset %zu "
+					   "exceeds what the remaining %zu bytes can hold",
+					   c->op, op->id, n, at, (size_t)(c->end - c->p));
 	op->endpoints = calloc(n, sizeof *op->endpoints);
 	if (op->endpoints == NULL)
 		return SHARDMAP_ENOMEM;
@@ -465,8 +479,8 @@ static int take_op(struct cursor *c, struct shardmap__op *op)
 		return rc;
 	if (kind < SHARDMAP__OP_PUT_STREAM || kind > SHARDMAP__OP_DELETE_CELL)
 		return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-		                           "op %zu: unknown op kind %u at offset %zu", c->op, kind,
-		                           offset(c) - 1);
+					   "op %zu: unknown op kind %u at offset %zu", c->op, kind,
+					   offset(c) - 1);
 	op->kind = (enum shardmap__op_kind)kind;
 	c->op_name = shardmap__op_name(op->kind);
 	switch (op->kind) {
@@ -475,10 +489,11 @@ static int take_op(struct cursor *c, struct shardmap__op *op)
 		    (rc = take_u8(c, "hash function", &hash_fn)) != 0)
 			return rc;
 		if (hash_fn != SHARDMAP_HASH_XXH3 && hash_fn != SHARDMAP_HASH_MD5)
-			return shardmap__error_set(c->why, SHARDMAP_ECORRUPT, c->op,
-			                           "op %zu (put_stream %s): unknown hash function %u "
-			                           "at offset %zu",
-			                           c->op, op->stream, hash_fn, offset(c) - 1);
+			return shardmap__error_set(
+			    c->why, SHARDMAP_ECORRUPT, c->op,
+			    "op %zu (put_stream %s): unknown hash function %u "
+			    "at offset %zu",
+			    c->op, op->stream, hash_fn, offset(c) - 1);
 		op->hash_fn = hash_fn;
 		return 0;
 	case SHARDMAP__OP_DELETE_STREAM:
@@ -514,8 +529,8 @@ static int reserve_op(shardmap_delta *d, size_t claimed)
 	return 0;
 }
 
-int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
-                           size_t *consumed, shardmap_error *why)
+int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out, size_t *consumed,
+			   shardmap_error *why)
 {
 	const uint8_t *body;
 	size_t blen, used;
@@ -535,11 +550,24 @@ int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
 	size_t n_ops = get_u32(body + 16);
 	struct cursor c = {.p = body + BODY_FIXED, .end = body + blen, .base = buf, .why = why};
 	if (n_ops > blen / MIN_OP_BYTES) {
-		rc = shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                         "op count %zu at offset %u exceeds what the %zu body bytes "
-		                         "can hold",
-		                         n_ops, SHARDMAP__CODEC_HEADER_BYTES + 16, blen);
+		rc =
+		    shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+					"op count %zu at offset %u exceeds what the %zu body bytes "
+					"can hold",
+					n_ops, SHARDMAP__CODEC_HEADER_BYTES + 16, blen);
 		goto fail;
+	}
+	/* When the body's size vouches for the count (OPS_PER_BODY_BYTE: ops averaging at
+	 * least a quarter of their decoded size, as every snapshot's put_shard ops do), size the
+	 * array once: a million-op snapshot decodes without regrowing it. Otherwise grow it
+	 * with what has been decoded (reserve_op). Either way a lying count makes us allocate
+	 * at most a few times the bytes the record really has. */
+	if (n_ops > 0 && n_ops * sizeof *d->ops <= OPS_PER_BODY_BYTE * (size_t)blen) {
+		if ((d->ops = malloc(n_ops * sizeof *d->ops)) == NULL) {
+			rc = SHARDMAP_ENOMEM;
+			goto fail;
+		}
+		d->cap_ops = n_ops;
 	}
 	for (c.op = 0; c.op < n_ops; c.op++) {
 		if ((rc = reserve_op(d, n_ops)) != 0)
@@ -550,10 +578,11 @@ int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
 			goto fail;
 	}
 	if (c.p != c.end) {
-		rc = shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                         "%zu bytes of trailing garbage at offset %zu after the last "
-		                         "op",
-		                         (size_t)(c.end - c.p), offset(&c));
+		rc = shardmap__error_set(
+		    why, SHARDMAP_ECORRUPT, SIZE_MAX,
+		    "%zu bytes of trailing garbage at offset %zu after the last "
+		    "op",
+		    (size_t)(c.end - c.p), offset(&c));
 		goto fail;
 	}
 	*out = d;

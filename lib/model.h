@@ -30,15 +30,19 @@ struct shardmap__cell_ent {
 	uint64_t gen;                 /* added by map: the transaction that made this entry */
 };
 
+/* A shard: one allocation of 65 bytes plus its strings (a Kinesis id and a short owner make
+ * 96 bytes, a jemalloc size class), the strings stored inline from id[] on. Its share of
+ * the version's digest is not stored: shardmap__shard_content_hash recomputes it on the
+ * rare paths that remove a shard. (Changed by bootstrap: id was a pointer, open an int, and
+ * the record carried its content hash, 32 bytes more per shard.) */
 struct shardmap__shard {
 	shardmap_hash start, end;
 	uint64_t cell_hash;            /* shardmap__hamt_hash(owner_cell) for the route path */
-	const char *id;                /* the strings point into the same allocation */
-	const char *owner_cell;
+	const char *owner_cell;        /* these point into id[], after the id */
 	const char *parent;            /* NULL = none */
 	const char *adjacent_parent;   /* NULL = none */
-	int open;
-	uint64_t content_hash;         /* added by map: this record's share of the digest */
+	uint8_t open;
+	char id[];                     /* the id, then owner_cell, parent, adjacent_parent */
 };
 
 struct shardmap__stream {

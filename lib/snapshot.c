@@ -40,7 +40,7 @@ int shardmap_snapshot_save(shardmap *m, const char *path)
 }
 
 int shardmap__snapshot_decode(const uint8_t *buf, size_t len, const char *path,
-                              shardmap_delta **out, shardmap_error *why)
+			      shardmap_delta **out, shardmap_error *why)
 {
 	shardmap_delta *d = NULL;
 	shardmap_error e = {0};
@@ -48,15 +48,15 @@ int shardmap__snapshot_decode(const uint8_t *buf, size_t len, const char *path,
 	int rc = shardmap__codec_decode(buf, len, &d, &used, &e);
 	if (rc == SHARDMAP_ENOENT)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "snapshot %s: truncated (%s)", path, e.message);
+					   "snapshot %s: truncated (%s)", path, e.message);
 	if (rc != 0)
 		return shardmap__error_set(why, rc, e.op_index, "snapshot %s: %s", path, e.message);
 	if (used != len || d->from_version != 0) {
 		rc = shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                         used != len ? "snapshot %s: trailing garbage after the "
-		                                       "record"
-		                                     : "snapshot %s: does not start at version 0",
-		                         path);
+					 used != len ? "snapshot %s: trailing garbage after the "
+						       "record"
+						     : "snapshot %s: does not start at version 0",
+					 path);
 		shardmap_delta_free(d);
 		return rc;
 	}

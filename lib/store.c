@@ -79,11 +79,12 @@ int shardmap__bootstrap_from(shardmap *m, shardmap_store *s, shardmap_error *why
 	rc = s->ops->load(s, bootstrap_sink, &c, why);
 	if (rc == 0 && shardmap__builder_version(c.b) == 0)
 		rc = shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
-		                         "the store is empty (version 0): nothing to bootstrap");
+					 "the store is empty (version 0): nothing to bootstrap");
 	if (rc == 0 && (rc = shardmap__builder_publish(c.b)) == 0)
 		return SHARDMAP_OK;
 	if (why != NULL && why->code == 0)
-		shardmap__error_set(why, rc, SIZE_MAX, "bootstrap failed: %s", shardmap_strerror(rc));
+		shardmap__error_set(why, rc, SIZE_MAX, "bootstrap failed: %s",
+				    shardmap_strerror(rc));
 	shardmap__builder_abort(c.b); /* the current map keeps serving */
 	return rc;
 }

@@ -78,8 +78,8 @@
 #include "codec.h"
 #include "store_file.h"
 
-#define FOLLOW_WAIT_MS 1000        /* safety-net wake-up with inotify */
-#define FOLLOW_POLL_MS 100         /* polling period without inotify */
+#define FOLLOW_WAIT_MS	      1000	     /* safety-net wake-up with inotify */
+#define FOLLOW_POLL_MS	      100	     /* polling period without inotify */
 #define RESYNC_BACKOFF_MIN_NS 100000000ull   /* 100 ms */
 #define RESYNC_BACKOFF_MAX_NS 10000000000ull /* 10 s */
 
@@ -101,12 +101,12 @@ struct file_store {
 	pthread_mutex_t mu;
 	/* The writers' view of the store, trusted only after sync_locked re-validated it
 	 * with the exclusive lock held. */
-	int journal_fd;               /* O_RDWR, -1 until opened */
-	struct file_id journal_id;    /* dev/ino of journal_fd */
-	uint64_t journal_end;         /* end of the last whole record checked */
-	int journal_started;          /* a record past the snapshot has been seen */
-	uint64_t version;             /* the store's version at journal_end */
-	struct file_id snapshot_id;   /* the snapshot file snapshot_version was read from */
+	int journal_fd;		    /* O_RDWR, -1 until opened */
+	struct file_id journal_id;  /* dev/ino of journal_fd */
+	uint64_t journal_end;	    /* end of the last whole record checked */
+	int journal_started;	    /* a record past the snapshot has been seen */
+	uint64_t version;	    /* the store's version at journal_end */
+	struct file_id snapshot_id; /* the snapshot file snapshot_version was read from */
 	uint64_t snapshot_version;
 	/* Statistics (relaxed: counters only, no ordering). */
 	_Atomic uint64_t torn_tails, torn_bytes;
@@ -117,7 +117,7 @@ struct file_store {
 static int io_error(shardmap_error *why, const char *what, const char *path)
 {
 	return shardmap__error_set(why, SHARDMAP_EIO, SIZE_MAX, "%s %s: %s", what, path,
-	                           strerror(errno));
+				   strerror(errno));
 }
 
 static char *path_join(const char *dir, const char *name)
@@ -184,8 +184,8 @@ static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
 }
 
 /* Read fd from offset off to its end into a malloc'ed buffer sized by the file. */
-static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t **buf,
-                     size_t *len, shardmap_error *why)
+static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t **buf, size_t *len,
+		     shardmap_error *why)
 {
 	struct stat st;
 	if (fstat(fd, &st) != 0)
@@ -197,12 +197,12 @@ static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t
 		return SHARDMAP_OK;
 	if (size - off > max)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "%s: %" PRIu64 " bytes, more than a record can hold", path,
-		                           size - off);
+					   "%s: %" PRIu64 " bytes, more than a record can hold",
+					   path, size - off);
 	uint8_t *b = malloc((size_t)(size - off));
 	if (b == NULL)
 		return shardmap__error_set(why, SHARDMAP_ENOMEM, SIZE_MAX,
-		                           "out of memory reading %s", path);
+					   "out of memory reading %s", path);
 	ssize_t n = pread_full(fd, b, (size_t)(size - off), off);
 	if (n < 0) {
 		free(b);
@@ -214,11 +214,12 @@ static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t
 }
 
 int shardmap__file_read(const char *path, size_t max, uint8_t **buf, size_t *len,
-                        shardmap_error *why)
+			shardmap_error *why)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT)
-		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX, "%s: no such file", path);
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX, "%s: no such file",
+					   path);
 	if (fd < 0)
 		return io_error(why, "cannot open", path);
 	int rc = read_from(fd, 0, max, path, buf, len, why);
@@ -253,7 +254,7 @@ int shardmap__file_replace(const char *path, const void *buf, size_t len)
  * describes (then *known and *version are updated). No file: version 0.
  * Returns 0, SHARDMAP_ECORRUPT, SHARDMAP_EIO, SHARDMAP_ENOMEM. */
 static int snapshot_version(const char *path, struct file_id *known, uint64_t *version,
-                            shardmap_error *why)
+			    shardmap_error *why)
 {
 	struct stat st;
 	if (stat(path, &st) != 0) {
@@ -282,18 +283,18 @@ static int snapshot_version(const char *path, struct file_id *known, uint64_t *v
 	free(buf);
 	if (rc == SHARDMAP_ENOENT)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "snapshot %s: truncated (%s)", path, e.message);
+					   "snapshot %s: truncated (%s)", path, e.message);
 	if (rc != 0)
 		return shardmap__error_set(why, rc, SIZE_MAX, "snapshot %s: %s", path, e.message);
 	if (used != len)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "snapshot %s: %zu bytes of trailing garbage after the "
-		                           "record",
-		                           path, len - used);
+					   "snapshot %s: %zu bytes of trailing garbage after the "
+					   "record",
+					   path, len - used);
 	if (from != 0)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-		                           "snapshot %s: starts at version %" PRIu64 ", not 0", path,
-		                           from);
+					   "snapshot %s: starts at version %" PRIu64 ", not 0",
+					   path, from);
 	*known = id;
 	*version = to;
 	return SHARDMAP_OK;
@@ -306,38 +307,41 @@ static int snapshot_version(const char *path, struct file_id *known, uint64_t *v
 struct journal_walk {
 	const uint8_t *buf;
 	size_t len, at;
-	uint64_t base;     /* file offset of buf[0], for messages */
+	uint64_t base;	   /* file offset of buf[0], for messages */
 	uint64_t snapshot; /* the snapshot's version */
 	uint64_t version;  /* the version reached so far */
-	int started;       /* a record past the snapshot was accepted */
+	int started;	   /* a record past the snapshot was accepted */
 	const char *path;
 };
 
 /* The next record to use: 1 (and *rec, *rec_len); 0 at the end of the whole records
  * (w->at < w->len then means an incomplete last record); or a negative error. */
 static int journal_next(struct journal_walk *w, const uint8_t **rec, size_t *rec_len,
-                        shardmap_error *why)
+			shardmap_error *why)
 {
 	while (w->at < w->len) {
 		uint64_t from = 0, to = 0;
 		size_t used = 0;
 		shardmap_error e = {0};
-		int rc = shardmap__codec_peek(w->buf + w->at, w->len - w->at, &from, &to, &used, &e);
+		int rc =
+		    shardmap__codec_peek(w->buf + w->at, w->len - w->at, &from, &to, &used, &e);
 		if (rc == SHARDMAP_ENOENT)
 			return 0;
 		if (rc != 0)
-			return shardmap__error_set(why, rc, SIZE_MAX, "journal %s offset %" PRIu64 ": %s",
-			                           w->path, w->base + w->at, e.message);
+			return shardmap__error_set(why, rc, SIZE_MAX,
+						   "journal %s offset %" PRIu64 ": %s", w->path,
+						   w->base + w->at, e.message);
 		if (!w->started && to <= w->snapshot) {
 			w->at += used; /* already in the snapshot (compaction crashed half-way) */
 			continue;
 		}
 		if (from != w->version)
-			return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-			                           "journal %s offset %" PRIu64 ": record goes from "
-			                           "version %" PRIu64 " to %" PRIu64 ", but the store "
-			                           "is at %" PRIu64,
-			                           w->path, w->base + w->at, from, to, w->version);
+			return shardmap__error_set(
+			    why, SHARDMAP_ECORRUPT, SIZE_MAX,
+			    "journal %s offset %" PRIu64 ": record goes from "
+			    "version %" PRIu64 " to %" PRIu64 ", but the store "
+			    "is at %" PRIu64,
+			    w->path, w->base + w->at, from, to, w->version);
 		w->started = 1;
 		w->version = to;
 		*rec = w->buf + w->at;
@@ -426,12 +430,12 @@ static int sync_locked(struct file_store *fs, shardmap_error *why)
 	if (rc != 0)
 		return rc;
 	struct journal_walk w = {.buf = buf,
-	                         .len = len,
-	                         .base = fs->journal_end,
-	                         .snapshot = fs->snapshot_version,
-	                         .version = fs->version,
-	                         .started = fs->journal_started,
-	                         .path = fs->journal};
+				 .len = len,
+				 .base = fs->journal_end,
+				 .snapshot = fs->snapshot_version,
+				 .version = fs->version,
+				 .started = fs->journal_started,
+				 .path = fs->journal};
 	const uint8_t *rec;
 	size_t rec_len;
 	while ((rc = journal_next(&w, &rec, &rec_len, why)) > 0)
@@ -605,7 +609,7 @@ static int file_version(shardmap_store *s, uint64_t *out)
 }
 
 int shardmap__file_store_info(shardmap_store *s, struct shardmap__file_store_info *out,
-                              shardmap_error *why)
+			      shardmap_error *why)
 {
 	if (s == NULL || out == NULL || s->ops != &shardmap__file_store_ops)
 		return SHARDMAP_EINVAL;
@@ -629,21 +633,21 @@ typedef int (*delta_sink)(void *ctx, const shardmap_delta *d);
 
 /* Decode one journal record for load; messages name the file and offset. */
 static int decode_journal_record(struct file_store *fs, const uint8_t *rec, size_t len,
-                                 uint64_t offset, shardmap_delta **d, shardmap_error *why)
+				 uint64_t offset, shardmap_delta **d, shardmap_error *why)
 {
 	shardmap_error e = {0};
 	size_t used;
 	int rc = shardmap__codec_decode(rec, len, d, &used, &e);
 	if (rc != 0)
 		return shardmap__error_set(why, rc, e.op_index, "journal %s offset %" PRIu64 ": %s",
-		                           fs->journal, offset, e.message);
+					   fs->journal, offset, e.message);
 	return SHARDMAP_OK;
 }
 
 /* Deliver the snapshot (from snap_fd, -1 if none) and the journal bytes. The caller has
  * read the journal under the shared or exclusive lock. */
 static int load_files(struct file_store *fs, int snap_fd, const uint8_t *journal,
-                      size_t journal_len, delta_sink sink, void *ctx, shardmap_error *why)
+		      size_t journal_len, delta_sink sink, void *ctx, shardmap_error *why)
 {
 	uint64_t base = 0;
 	int rc;
@@ -652,7 +656,7 @@ static int load_files(struct file_store *fs, int snap_fd, const uint8_t *journal
 		size_t len;
 		shardmap_delta *d = NULL;
 		rc = read_from(snap_fd, 0, SHARDMAP__SNAPSHOT_MAX_BYTES, fs->snapshot, &buf, &len,
-		               why);
+			       why);
 		if (rc != 0)
 			return rc;
 		rc = shardmap__snapshot_decode(buf, len, fs->snapshot, &d, why);
@@ -666,10 +670,10 @@ static int load_files(struct file_store *fs, int snap_fd, const uint8_t *journal
 			return rc;
 	}
 	struct journal_walk w = {.buf = journal,
-	                         .len = journal_len,
-	                         .snapshot = base,
-	                         .version = base,
-	                         .path = fs->journal};
+				 .len = journal_len,
+				 .snapshot = base,
+				 .version = base,
+				 .path = fs->journal};
 	const uint8_t *rec;
 	size_t rec_len;
 	while ((rc = journal_next(&w, &rec, &rec_len, why)) > 0) {
@@ -688,7 +692,7 @@ static int load_files(struct file_store *fs, int snap_fd, const uint8_t *journal
 
 /* Open the snapshot and read the journal; the caller holds the lock. */
 static int open_files(struct file_store *fs, int *snap_fd, uint8_t **journal, size_t *len,
-                      shardmap_error *why)
+		      shardmap_error *why)
 {
 	*snap_fd = open(fs->snapshot, O_RDONLY | O_CLOEXEC);
 	if (*snap_fd < 0 && errno != ENOENT)
@@ -818,13 +822,13 @@ struct file_follower {
 	struct file_store *fs;
 	shardmap *m;
 	pthread_t thread;
-	int wake_fd;       /* eventfd: stop and catch-up requests */
-	int inotify_fd;    /* -1: poll instead */
-	atomic_bool stop;  /* set by stop, read by the helper thread */
+	int wake_fd;	  /* eventfd: stop and catch-up requests */
+	int inotify_fd;	  /* -1: poll instead */
+	atomic_bool stop; /* set by stop, read by the helper thread */
 	/* The helper thread's own state: */
 	int journal_fd;
 	struct file_id journal_id;
-	uint64_t offset;   /* end of the last whole record consumed from journal_fd */
+	uint64_t offset; /* end of the last whole record consumed from journal_fd */
 	struct file_id snapshot_id;
 	uint64_t snapshot_version;
 	uint64_t backoff_ns, resync_not_before_ns;
@@ -951,14 +955,14 @@ static void follow_pass(struct file_follower *f)
 		return;
 	}
 	atomic_store_explicit(&ext->store_last_contact_ns, shardmap__monotonic_ns(),
-	                      memory_order_relaxed);
+			      memory_order_relaxed);
 }
 
 /* Sleep until the directory changes, a request arrives or the safety-net timeout. */
 static void follow_wait(struct file_follower *f)
 {
 	struct pollfd p[2] = {{.fd = f->wake_fd, .events = POLLIN},
-	                      {.fd = f->inotify_fd, .events = POLLIN}};
+			      {.fd = f->inotify_fd, .events = POLLIN}};
 	nfds_t n = f->inotify_fd >= 0 ? 2 : 1;
 	(void)poll(p, n, f->inotify_fd >= 0 ? FOLLOW_WAIT_MS : FOLLOW_POLL_MS);
 	uint64_t count;
@@ -1018,7 +1022,7 @@ static void follower_stop(struct shardmap__follower *base)
 }
 
 static int file_follow(shardmap_store *s, shardmap *m, shardmap_pool *p,
-                       struct shardmap__follower **out)
+		       struct shardmap__follower **out)
 {
 	(void)p; /* local files need no network: one helper thread (see the top comment) */
 	struct file_follower *f = calloc(1, sizeof *f);
@@ -1032,9 +1036,9 @@ static int file_follow(shardmap_store *s, shardmap *m, shardmap_pool *p,
 	atomic_init(&f->stop, false);
 	f->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	f->inotify_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-	if (f->inotify_fd >= 0 &&
-	    inotify_add_watch(f->inotify_fd, f->fs->dir,
-	                      IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO | IN_DELETE) < 0) {
+	if (f->inotify_fd >= 0 && inotify_add_watch(f->inotify_fd, f->fs->dir,
+						    IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE |
+							IN_MOVED_TO | IN_DELETE) < 0) {
 		close(f->inotify_fd);
 		f->inotify_fd = -1; /* poll instead */
 	}

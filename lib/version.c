@@ -13,6 +13,7 @@
  * digest whatever order the records were written in, and apply keeps it current per op by
  * adding the hash of each new record and subtracting that of each removed one.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,14 @@ static void canon_u64(struct canon *c, uint64_t v)
 	canon_bytes(c, b, sizeof b);
 }
 
+/* v big-endian at p; returns p + 8. */
+static unsigned char *put_be64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (unsigned char)(v >> (56 - 8 * i));
+	return p + 8;
+}
+
 static void canon_str(struct canon *c, const char *s)
 {
 	size_t n = strlen(s);
@@ -97,8 +106,46 @@ static uint64_t cell_hash(const char *id, const char *const *endpoints, size_t n
 	return canon_digest(&c);
 }
 
+/* The canonical bytes of shard_hash written straight into a buffer: the shard path of a
+ * bootstrap hashes a million of these, and this form costs a third of the general one.
+ * Returns 0 when they do not fit (only for strings longer than names may be). */
+static uint64_t shard_hash_fast(const char *stream, const shardmap_shard *s, int *ok)
+{
+	const char *strs[5] = {stream, s->id, s->owner_cell, s->parent, s->adjacent_parent};
+	size_t len[5], total = 1 + 32 + 1 + 2;
+	for (int i = 0; i < 5; i++) {
+		len[i] = strs[i] ? strlen(strs[i]) : 0;
+		total += strs[i] ? 8 + len[i] : 0;
+	}
+	unsigned char buf[1536], *p = buf;
+	*ok = total <= sizeof buf;
+	if (!*ok)
+		return 0;
+	uint64_t be[4] = {s->start.hi, s->start.lo, s->end.hi, s->end.lo};
+	*p++ = 'H';
+	for (int i = 0; i < 5; i++) {
+		if (i == 2) { /* the range and the open flag come between id and owner */
+			for (int k = 0; k < 4; k++)
+				p = put_be64(p, be[k]);
+			*p++ = s->open != 0;
+		}
+		if (i >= 3)
+			*p++ = strs[i] != NULL; /* optional strings: a presence byte first */
+		if (strs[i] == NULL)
+			continue;
+		p = put_be64(p, len[i]);
+		memcpy(p, strs[i], len[i]);
+		p += len[i];
+	}
+	return XXH3_64bits(buf, (size_t)(p - buf));
+}
+
 static uint64_t shard_hash(const char *stream, const shardmap_shard *s)
 {
+	int ok;
+	uint64_t h = shard_hash_fast(stream, s, &ok);
+	if (ok)
+		return h;
 	struct canon c = {.n = 0};
 	canon_u8(&c, 'H');
 	canon_str(&c, stream);
@@ -114,6 +161,20 @@ static uint64_t shard_hash(const char *stream, const shardmap_shard *s)
 	return canon_digest(&c);
 }
 
+uint64_t shardmap__shard_content_hash(const char *stream, const struct shardmap__shard *sh)
+{
+	shardmap_shard s = {
+	    .id = sh->id,
+	    .start = sh->start,
+	    .end = sh->end,
+	    .open = sh->open,
+	    .owner_cell = sh->owner_cell,
+	    .parent = sh->parent,
+	    .adjacent_parent = sh->adjacent_parent,
+	};
+	return shard_hash(stream, &s);
+}
+
 uint64_t shardmap__stream_content_hash(const char *name, int hash_fn)
 {
 	struct canon c = {.n = 0};
@@ -125,20 +186,26 @@ uint64_t shardmap__stream_content_hash(const char *name, int hash_fn)
 
 /* ---------------------------------------------------------------- constructors */
 
-/* Copy s (NULL stays NULL) to *p and advance *p past its NUL. */
-static const char *place(char **p, const char *s)
-{
-	if (s == NULL)
-		return NULL;
-	size_t n = strlen(s) + 1;
-	char *dst = memcpy(*p, s, n);
-	*p += n;
-	return dst;
-}
-
+/* The bytes s takes with its NUL (0 for NULL). */
 static size_t size_of(const char *s)
 {
 	return s ? strlen(s) + 1 : 0;
+}
+
+/* Copy s (NULL stays NULL), whose size_of is size, to *p and advance *p past it. */
+static const char *place_n(char **p, const char *s, size_t size)
+{
+	if (s == NULL)
+		return NULL;
+	char *dst = memcpy(*p, s, size);
+	*p += size;
+	return dst;
+}
+
+/* Copy s (NULL stays NULL) to *p and advance *p past its NUL. */
+static const char *place(char **p, const char *s)
+{
+	return place_n(p, s, size_of(s));
 }
 
 struct shardmap__cell *shardmap__cell_new(struct shardmap__txn *t, const char *id,
@@ -167,21 +234,22 @@ struct shardmap__cell *shardmap__cell_new(struct shardmap__txn *t, const char *i
 struct shardmap__shard *shardmap__shard_new(struct shardmap__txn *t, const char *stream,
 					    const shardmap_shard *s)
 {
-	size_t size = sizeof(struct shardmap__shard) + size_of(s->id) + size_of(s->owner_cell) +
-		      size_of(s->parent) + size_of(s->adjacent_parent);
-	struct shardmap__shard *sh = shardmap__txn_alloc(t, size);
+	(void)stream; /* the record no longer carries its content hash */
+	size_t n_id = size_of(s->id), n_owner = size_of(s->owner_cell);
+	size_t n_parent = size_of(s->parent), n_adjacent = size_of(s->adjacent_parent);
+	struct shardmap__shard *sh = shardmap__txn_alloc(
+	    t, offsetof(struct shardmap__shard, id) + n_id + n_owner + n_parent + n_adjacent);
 	if (sh == NULL)
 		return NULL;
-	char *p = (char *)(sh + 1);
+	char *p = sh->id;
+	place_n(&p, s->id, n_id);
+	sh->owner_cell = place_n(&p, s->owner_cell, n_owner);
+	sh->parent = place_n(&p, s->parent, n_parent);
+	sh->adjacent_parent = place_n(&p, s->adjacent_parent, n_adjacent);
 	sh->start = s->start;
 	sh->end = s->end;
 	sh->open = s->open != 0;
-	sh->id = place(&p, s->id);
-	sh->owner_cell = place(&p, s->owner_cell);
-	sh->parent = place(&p, s->parent);
-	sh->adjacent_parent = place(&p, s->adjacent_parent);
 	sh->cell_hash = shardmap__hamt_hash(s->owner_cell);
-	sh->content_hash = shard_hash(stream, s);
 	return sh;
 }
 

@@ -3,8 +3,9 @@
  *
  * Each record (cell, shard, stream) is one allocation from the map's memory through a
  * transaction: the struct, its strings and (for a cell) its endpoint array together, so a
- * record is freed with one shardmap__free. Each record carries its content hash, its share
- * of the version's order-free digest (XXH3-64 of the record's canonical bytes).
+ * record is freed with one shardmap__free. Each record has a content hash, its share of the
+ * version's order-free digest (XXH3-64 of the record's canonical bytes): cells and streams
+ * carry it, shards (a million of them in a big stream) have it recomputed when needed.
  */
 #ifndef SHARDMAP_VERSION_H
 #define SHARDMAP_VERSION_H
@@ -14,7 +15,8 @@
 /* A new cell record (owned by t). NULL on allocation failure. */
 struct shardmap__cell *shardmap__cell_new(struct shardmap__txn *t, const char *id,
 					  const char *const *endpoints, size_t n_endpoints);
-/* A new shard record of stream `stream` (owned by t). NULL on allocation failure. */
+/* A new shard record of stream `stream` (owned by t). NULL on allocation failure. The
+ * record's digest share is shardmap__shard_content_hash(stream, record). */
 struct shardmap__shard *shardmap__shard_new(struct shardmap__txn *t, const char *stream,
 					    const shardmap_shard *s);
 /* A new empty stream (owned by t, gen = t->gen). NULL on allocation failure. */
@@ -25,6 +27,9 @@ struct shardmap__stream *shardmap__stream_copy(struct shardmap__txn *t,
 					       const struct shardmap__stream *st);
 /* Content hash of a stream's own fields (name, hash function). */
 uint64_t shardmap__stream_content_hash(const char *name, int hash_fn);
+/* Added by bootstrap: content hash of shard record sh of stream `stream`, its share of the
+ * version's digest (records do not store it: it is needed only when one is added or goes). */
+uint64_t shardmap__shard_content_hash(const char *stream, const struct shardmap__shard *sh);
 
 /* A private copy of v (or an empty version when v is NULL) for t to change; v itself is
  * queued on t's retired list. NULL on failure (nothing changed). */

@@ -63,8 +63,8 @@ struct gen_shard {
 
 /* Append one stream's shards to d: start with one shard over the whole space, then do
  * n_changes random Kinesis splits and merges. */
-static inline int gen_stream(shardmap_delta *d, uint64_t *rng, const char *stream,
-                             unsigned n_cells, unsigned n_changes)
+static inline int gen_stream(shardmap_delta *d, uint64_t *rng, const char *stream, unsigned n_cells,
+			     unsigned n_changes)
 {
 	size_t cap = 1 + 2 * (size_t)n_changes, n = 0;
 	unsigned seq = 0;
@@ -89,14 +89,15 @@ static inline int gen_stream(shardmap_delta *d, uint64_t *rng, const char *strea
 			shardmap_hash off = gen_hash_shr(w, 1 + (unsigned)(gen_rand(rng) % 127));
 			off.hi &= gen_rand(rng);
 			off.lo &= gen_rand(rng);
-			shardmap_hash p = gen_hash_add(gen_hash_add(sh[i].start, off),
-			                               (shardmap_hash){0, 1});
+			shardmap_hash p =
+			    gen_hash_add(gen_hash_add(sh[i].start, off), (shardmap_hash){0, 1});
 			for (int k = 0; k < 2; k++) {
 				struct gen_shard *ch = &sh[n++];
 				snprintf(ch->id, sizeof ch->id, "shardId-%012u", seq++);
 				snprintf(ch->parent, sizeof ch->parent, "%s", sh[i].id);
 				ch->start = k == 0 ? sh[i].start : p;
-				ch->end = k == 0 ? gen_hash_sub(p, (shardmap_hash){0, 1}) : sh[i].end;
+				ch->end =
+				    k == 0 ? gen_hash_sub(p, (shardmap_hash){0, 1}) : sh[i].end;
 				ch->open = 1;
 				ch->cell = (unsigned)(gen_rand(rng) % n_cells);
 			}
@@ -144,7 +145,7 @@ static inline int gen_stream(shardmap_delta *d, uint64_t *rng, const char *strea
 /* A whole valid map as a delta from 0 to version: 1..5 cells, 1..n_streams streams, each
  * with up to max_changes splits and merges. */
 static inline shardmap_delta *gen_map_delta(uint64_t seed, uint64_t version, unsigned n_streams,
-                                            unsigned max_changes)
+					    unsigned max_changes)
 {
 	uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 1;
 	shardmap_delta *d = NULL;
@@ -159,7 +160,7 @@ static inline shardmap_delta *gen_map_delta(uint64_t seed, uint64_t version, uns
 		snprintf(id, sizeof id, "cell-%u", c);
 		for (unsigned k = 0; k < n_eps; k++)
 			snprintf(e[k], sizeof e[k], "10.0.%u.%u:%u", c, k,
-			         1 + (unsigned)(gen_rand(&rng) % 65535));
+				 1 + (unsigned)(gen_rand(&rng) % 65535));
 		rc = shardmap_delta_put_cell(d, id, eps, n_eps);
 	}
 	unsigned ns = 1 + (unsigned)(gen_rand(&rng) % (n_streams ? n_streams : 1));
@@ -169,7 +170,7 @@ static inline shardmap_delta *gen_map_delta(uint64_t seed, uint64_t version, uns
 		rc = shardmap_delta_put_stream(d, name, (int)(gen_rand(&rng) % 2));
 		if (rc == 0)
 			rc = gen_stream(d, &rng, name, n_cells,
-			                (unsigned)(gen_rand(&rng) % (max_changes + 1)));
+					(unsigned)(gen_rand(&rng) % (max_changes + 1)));
 	}
 	if (rc != 0) {
 		shardmap_delta_free(d);
@@ -189,7 +190,7 @@ static inline shardmap_delta *gen_step_delta(uint64_t from, uint64_t to, const c
 		return NULL;
 	snprintf(id, sizeof id, "step-%llu", (unsigned long long)to);
 	snprintf(ep, sizeof ep, "%s.example:%llu", tag ? tag : "w",
-	         (unsigned long long)(to % 65535 + 1));
+		 (unsigned long long)(to % 65535 + 1));
 	if (shardmap_delta_put_cell(d, id, eps, 1) != 0) {
 		shardmap_delta_free(d);
 		return NULL;

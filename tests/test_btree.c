@@ -740,3 +740,172 @@ Test(btree, scalar_and_simd_agree_on_random_hashes)
 	fx_fini(&f, &t);
 	ref_free(&r);
 }
+
+/* ------------------------------------------------------------------ bulk builds */
+
+/* n sorted random starts (ties on the hi word included) as build items; the reference
+ * holds the same. */
+static int cmp_item(const void *a, const void *b)
+{
+	return cmp(((const struct shardmap__btree_item *)a)->start,
+		   ((const struct shardmap__btree_item *)b)->start);
+}
+
+static struct shardmap__btree_item *sorted_items(size_t n, uint64_t *s, uint64_t *serial,
+						 struct ref *r)
+{
+	struct shardmap__btree_item *items = malloc((n ? n : 1) * sizeof *items);
+	cr_assert(items);
+	size_t k = 0;
+	while (k < n) { /* random keys, sorted, duplicates dropped, until there are n */
+		while (k < n)
+			items[k++].start = rand_key(s);
+		qsort(items, k, sizeof *items, cmp_item);
+		size_t u = 0;
+		for (size_t i = 0; i < k; i++)
+			if (u == 0 || !eq(items[u - 1].start, items[i].start))
+				items[u++] = items[i];
+		k = u;
+	}
+	r->n = r->cap = n;
+	r->k = malloc((n ? n : 1) * sizeof *r->k);
+	r->v = malloc((n ? n : 1) * sizeof *r->v);
+	cr_assert(r->k && r->v);
+	for (size_t i = 0; i < n; i++) {
+		items[i].value = value_of((*serial)++);
+		r->k[i] = items[i].start;
+		r->v[i] = items[i].value;
+	}
+	return items;
+}
+
+/* A bulk build has the shape of in-order inserts (full nodes but the right edge), answers
+ * every query like the reference, and then takes ordinary puts and deletes down to empty. */
+Test(btree, bulk_build_matches_in_order_inserts)
+{
+	static const size_t sizes[] = {0,   1,	 2,   15,   16,	  17,	255,
+				       256, 257, 272, 4096, 4097, 4113, 70000};
+	for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+		struct fixture f;
+		fx_init(&f);
+		struct shardmap__btree bulk = {0}, inorder = {0};
+		struct ref r = {0}, r2 = {0};
+		uint64_t s = 40 + z, serial = 0;
+		size_t n = sizes[z];
+		struct shardmap__btree_item *items = sorted_items(n, &s, &serial, &r);
+		struct shardmap__txn tx;
+		shardmap__txn_init(&tx, &f.mem);
+		long allocs = shardmap__mem_allocs();
+		cr_assert_eq(shardmap__btree_build(&tx, &bulk, items, n), 0);
+		allocs = shardmap__mem_allocs() - allocs;
+		cr_assert_eq(tx.retired.n, 0, "a build retires nothing");
+		commit_and_reclaim(&f, &tx);
+		shardmap_hash *keys = malloc((n ? n : 1) * sizeof *keys);
+		cr_assert(keys);
+		for (size_t i = 0; i < n; i++)
+			keys[i] = items[i].start;
+		build(&f, &inorder, &r2, keys, n, &serial);
+		cr_assert_eq(bulk.height, inorder.height, "n=%zu: height %u, in order %u", n,
+			     bulk.height, inorder.height);
+		size_t nodes = 0;
+		for (size_t w = n; w > 0; w = w > 1 ? (w + 15) / 16 : 0)
+			nodes += (w + 15) / 16;
+		/* one allocation per node, plus the level list and the created list's growth */
+		cr_assert_leq((size_t)allocs, nodes + 24, "n=%zu: %ld allocations, %zu nodes", n,
+			      allocs, nodes);
+		check_tree(&bulk, &r, &s, 20);
+		/* Ordinary changes on top of the built tree: random puts, then deletes. */
+		shardmap__txn_init(&tx, &f.mem);
+		for (int i = 0; i < 200; i++) {
+			shardmap_hash k = rand_key(&s);
+			const void *v = value_of(serial++), *old = (const void *)1;
+			cr_assert_eq(shardmap__btree_put(&tx, &bulk, k, v, &old), 0);
+			cr_assert_eq(old, ref_put(&r, k, v));
+		}
+		commit_and_reclaim(&f, &tx);
+		check_tree(&bulk, &r, &s, 20);
+		/* Deletes down to empty (the big tree: a few hundred, then its check). */
+		size_t stop = n > 5000 ? r.n - 500 : 0;
+		while (r.n > stop) {
+			shardmap_hash k = r.k[rng_next(&s) % r.n];
+			shardmap__txn_init(&tx, &f.mem);
+			cr_assert_eq(shardmap__btree_del(&tx, &bulk, k, NULL), 0);
+			commit_and_reclaim(&f, &tx);
+			ref_del(&r, k);
+			int rc = r.n % 37 == 0 || r.n < 300 ? shardmap__btree_check(&bulk) : 0;
+			cr_assert_eq(rc, 0, "n=%zu: btree.c:%d after a delete", n, rc);
+			if (r.n % 1009 == 0 || r.n < 20)
+				check_tree(&bulk, &r, &s, 3);
+		}
+		if (stop == 0)
+			cr_assert_eq(bulk.height, 0);
+		else
+			check_tree(&bulk, &r, &s, 3);
+		free(keys);
+		free(items);
+		shardmap__btree_free_nodes(&f.mem, &inorder);
+		fx_fini(&f, &bulk);
+		ref_free(&r);
+		ref_free(&r2);
+	}
+}
+
+Test(btree, bulk_build_refuses_bad_input)
+{
+	struct fixture f;
+	fx_init(&f);
+	struct shardmap__btree t = {0};
+	struct shardmap__txn tx;
+	shardmap__txn_init(&tx, &f.mem);
+	struct shardmap__btree_item unsorted[3] = {
+	    {{0, 5}, value_of(1)}, {{0, 9}, value_of(2)}, {{0, 7}, value_of(3)}};
+	struct shardmap__btree_item dup[2] = {{{3, 0}, value_of(1)}, {{3, 0}, value_of(2)}};
+	long live = shardmap__mem_live();
+	cr_assert_eq(shardmap__btree_build(&tx, &t, unsorted, 3), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap__btree_build(&tx, &t, dup, 2), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap__btree_build(&tx, &t, NULL, 2), SHARDMAP_EINVAL);
+	cr_assert(t.root == NULL && t.count == 0 && t.height == 0);
+	cr_assert_eq(shardmap__mem_live(), live, "a refused build allocates nothing");
+	cr_assert_eq(shardmap__btree_put(&tx, &t, (shardmap_hash){1, 1}, value_of(4), NULL), 0);
+	struct shardmap__btree before = t;
+	cr_assert_eq(shardmap__btree_build(&tx, &t, dup, 1), SHARDMAP_EINVAL, "not empty");
+	cr_assert(memcmp(&before, &t, sizeof t) == 0);
+	commit_and_reclaim(&f, &tx);
+	fx_fini(&f, &t);
+}
+
+/* Every allocation of a build fails in turn: ENOMEM, the tree stays empty, abort frees
+ * what the build made. */
+Test(btree, bulk_build_out_of_memory)
+{
+	struct fixture f;
+	fx_init(&f);
+	struct shardmap__btree t = {0};
+	struct ref r = {0};
+	uint64_t s = 99, serial = 0;
+	struct shardmap__btree_item *items = sorted_items(4113, &s, &serial, &r);
+	long k;
+	for (k = 1;; k++) {
+		cr_assert_lt(k, 1000, "the build never succeeded");
+		long live = shardmap__mem_live();
+		struct shardmap__txn tx;
+		shardmap__txn_init(&tx, &f.mem);
+		shardmap__mem_fail_after(k);
+		int rc = shardmap__btree_build(&tx, &t, items, 4113);
+		shardmap__mem_fail_after(0);
+		if (rc == 0) {
+			commit_and_reclaim(&f, &tx);
+			break;
+		}
+		cr_assert_eq(rc, SHARDMAP_ENOMEM, "k=%ld", k);
+		cr_assert(t.root == NULL && t.count == 0 && t.height == 0, "k=%ld: tree changed",
+			  k);
+		shardmap__txn_abort(&tx);
+		cr_assert_eq(shardmap__mem_live(), live, "k=%ld: abort after ENOMEM leaks", k);
+	}
+	cr_assert_gt(k, 250, "every node is an allocation point");
+	check_tree(&t, &r, &s, 20);
+	free(items);
+	fx_fini(&f, &t);
+	ref_free(&r);
+}

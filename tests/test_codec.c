@@ -43,12 +43,12 @@ static void expect_corrupt(const uint8_t *buf, size_t len, const char *expect)
 	size_t used = 12345;
 	int rc = shardmap__codec_decode(buf, len, &d, &used, &why);
 	cr_assert_eq(rc, SHARDMAP_ECORRUPT, "rc %d (%s), wanted ECORRUPT '%s'", rc, why.message,
-	             expect);
+		     expect);
 	cr_assert_eq(why.code, SHARDMAP_ECORRUPT);
 	cr_assert_null(d);
 	cr_assert_eq(used, 0);
 	cr_assert(strstr(why.message, expect) != NULL, "message '%s' lacks '%s'", why.message,
-	          expect);
+		  expect);
 }
 
 /* A hand-made record, for inputs the encoder would never produce. */
@@ -110,12 +110,12 @@ static shardmap_delta *all_kinds(void)
 	cr_assert_eq(shardmap_delta_new(7, 9, &d), 0);
 	const char *eps[] = {"a.example:1", "[::1]:65535"};
 	shardmap_shard s = {.id = "shardId-000000000002",
-	                    .start = {1, 2},
-	                    .end = {UINT64_MAX, UINT64_MAX},
-	                    .open = 1,
-	                    .owner_cell = "c1",
-	                    .parent = "shardId-000000000000",
-	                    .adjacent_parent = "shardId-000000000001"};
+			    .start = {1, 2},
+			    .end = {UINT64_MAX, UINT64_MAX},
+			    .open = 1,
+			    .owner_cell = "c1",
+			    .parent = "shardId-000000000000",
+			    .adjacent_parent = "shardId-000000000001"};
 	cr_assert_eq(shardmap_delta_put_cell(d, "c1", eps, 2), 0);
 	cr_assert_eq(shardmap_delta_put_stream(d, "orders", SHARDMAP_HASH_MD5), 0);
 	cr_assert_eq(shardmap_delta_put_shard(d, "orders", &s), 0);
@@ -508,9 +508,9 @@ Test(codec, invalid_fields_with_valid_checksums)
 		rec_str(&r, "c");
 		rec_seal(&r);
 		expect_corrupt(r.b, r.n,
-		               which == 0   ? "range start is above range end"
-		               : which == 1 ? "unknown shard flags 0x09"
-		                            : "parent truncated");
+			       which == 0   ? "range start is above range end"
+			       : which == 1 ? "unknown shard flags 0x09"
+					    : "parent truncated");
 	}
 }
 
@@ -580,7 +580,7 @@ Test(codec, random_maps_survive_encode_decode_apply)
 		cr_assert_eq(shardmap_open(&b, NULL), 0);
 		shardmap_delta *d = gen_map_delta(seed, 10 + seed, 5, 60);
 		cr_assert_eq(shardmap_apply(a, d, &why), 0, "seed %llu: %s",
-		             (unsigned long long)seed, why.message);
+			     (unsigned long long)seed, why.message);
 		shardmap_delta_free(d);
 
 		shardmap_delta *full = map_to_delta(a);
@@ -590,7 +590,8 @@ Test(codec, random_maps_survive_encode_decode_apply)
 		cr_assert(gen_delta_equal(full, back));
 		cr_assert_eq(shardmap_apply(b, back, &why), 0, "%s", why.message);
 		cr_assert_eq(shardmap_version(b), 10 + seed);
-		cr_assert_eq(gen_map_digest(a), gen_map_digest(b), "seed %llu", (unsigned long long)seed);
+		cr_assert_eq(gen_map_digest(a), gen_map_digest(b), "seed %llu",
+			     (unsigned long long)seed);
 
 		/* canonical: the copy exports exactly the same bytes */
 		shardmap_delta *again = map_to_delta(b);

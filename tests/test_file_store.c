@@ -132,7 +132,7 @@ static void expect_bootstrap_fails(shardmap *m, shardmap_store *s, int code, con
 	cr_assert_eq(rc, code, "rc %d (%s), wanted %d with '%s'", rc, why.message, code, expect);
 	cr_assert_eq(why.code, code);
 	cr_assert(strstr(why.message, expect) != NULL, "message '%s' lacks '%s'", why.message,
-	          expect);
+		  expect);
 	cr_assert_eq(shardmap_version(m), before_v);
 	cr_assert_eq(gen_map_digest(m), before_d);
 	if (before_v != 0) {
@@ -372,7 +372,8 @@ Test(file_store, corrupt_journal_fails_bootstrap_and_keeps_map)
 	/* a record out of order: the journal's records swapped */
 	write_file(fx.journal, journal + second, len - (size_t)second);
 	s = open_store(&fx);
-	expect_bootstrap_fails(m, s, SHARDMAP_ECORRUPT, "goes from version 2 to 3, but the store is at 0");
+	expect_bootstrap_fails(m, s, SHARDMAP_ECORRUPT,
+			       "goes from version 2 to 3, but the store is at 0");
 	shardmap_store_close(s);
 	free(journal);
 	shardmap_close(m);
@@ -621,7 +622,8 @@ static int writer_process(const char *uri, const char *tag, int go_fd, int resul
 		if (shardmap_store_version(s, &v) != 0)
 			return 12;
 		/* the first delta of the store must be a whole map: both race for it */
-		shardmap_delta *d = v == 0 ? gen_map_delta(3, 1, 1, 2) : gen_step_delta(v, v + 1, tag);
+		shardmap_delta *d =
+		    v == 0 ? gen_map_delta(3, 1, 1, 2) : gen_step_delta(v, v + 1, tag);
 		int rc = shardmap_store_write(s, d);
 		shardmap_delta_free(d);
 		if (rc == SHARDMAP_ECONFLICT) {
@@ -638,9 +640,9 @@ static int writer_process(const char *uri, const char *tag, int go_fd, int resul
 }
 
 struct collected {
-	uint64_t next;           /* the version the next delta must start from */
+	uint64_t next; /* the version the next delta must start from */
 	unsigned per_tag[2];
-	unsigned switches;       /* consecutive deltas from different writers */
+	unsigned switches; /* consecutive deltas from different writers */
 	int last, bad;
 };
 
@@ -691,7 +693,7 @@ Test(file_store, two_processes_write_one_store)
 		int status = 0;
 		cr_assert_eq(waitpid(pids[i], &status, 0), pids[i]);
 		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer %d: status %d", i,
-		          status);
+			  status);
 	}
 	unsigned conflicts[2] = {0, 0};
 	cr_assert_eq(read(results[0], conflicts, sizeof conflicts), (ssize_t)sizeof conflicts);

@@ -38,19 +38,36 @@ static void pool_init(void)
 
 enum hash_mode { HASH_REAL, HASH_8BIT, HASH_DEEP, HASH_CONST };
 
+static uint64_t hash_8bit(const char *key)
+{
+	return shardmap__hamt_hash(key) & 0xff;
+}
+
+static uint64_t hash_deep(const char *key)
+{
+	return shardmap__hamt_hash(key) << 54;
+}
+
+static uint64_t hash_const(const char *key)
+{
+	(void)key;
+	return 0x5555555555555555ull;
+}
+
+/* The trie's hash function for a mode (NULL: the default, XXH3-64). */
+static uint64_t (*const mode_fn[])(const char *) = {NULL, hash_8bit, hash_deep, hash_const};
+
 static uint64_t key_hash(enum hash_mode mode, const char *key)
 {
-	uint64_t h = shardmap__hamt_hash(key);
-	switch (mode) {
-	case HASH_8BIT:
-		return h & 0xff;
-	case HASH_DEEP:
-		return h << 54;
-	case HASH_CONST:
-		return 0x5555555555555555ull;
-	default:
-		return h;
-	}
+	return mode_fn[mode] ? mode_fn[mode](key) : shardmap__hamt_hash(key);
+}
+
+/* An empty trie hashing keys as mode says. */
+static struct shardmap__hamt empty_trie(enum hash_mode mode)
+{
+	struct shardmap__hamt h = {0};
+	h.hash = mode_fn[mode];
+	return h;
 }
 
 static uint64_t rng_next(uint64_t *s)
@@ -166,7 +183,7 @@ static void random_batches(enum hash_mode mode, int batches)
 {
 	struct fixture f;
 	fx_init(&f);
-	struct shardmap__hamt committed = {0};
+	struct shardmap__hamt committed = empty_trie(mode);
 	static struct ref ref, wref;
 	memset(&ref, 0, sizeof ref);
 	uint64_t s = 1000 + (uint64_t)mode, serial = 0;
@@ -226,15 +243,24 @@ Test(hamt, random_batches_one_collision_node)
 	random_batches(HASH_CONST, 30);
 }
 
+#define FORCED_H 0x0123456789abcdefull
+/* Same low 60 bits as FORCED_H, different top nibble: shares every level down to the last. */
+#define FORCED_H2 (FORCED_H ^ 0xf000000000000000ull)
+
+/* "a", "b" and "c" share one hash; "d" shares all but its top four bits. */
+static uint64_t forced_hash(const char *key)
+{
+	return strcmp(key, "d") == 0 ? FORCED_H2 : FORCED_H;
+}
+
 Test(hamt, forced_equal_hashes)
 {
 	struct fixture f;
 	fx_init(&f);
 	struct shardmap__hamt h = {0};
+	h.hash = forced_hash;
 	struct shardmap__txn tx;
-	const uint64_t H = 0x0123456789abcdefull;
-	/* Same low 60 bits as H, different top nibble: shares every level down to the last. */
-	const uint64_t H2 = H ^ 0xf000000000000000ull;
+	const uint64_t H = FORCED_H, H2 = FORCED_H2;
 	const void *old;
 
 	shardmap__txn_init(&tx, &f.mem);
@@ -248,7 +274,7 @@ Test(hamt, forced_equal_hashes)
 	cr_assert_eq(shardmap__hamt_get(&h, H, "b"), value_of(2));
 	cr_assert_eq(shardmap__hamt_get(&h, H, "c"), value_of(3));
 	cr_assert_null(shardmap__hamt_get(&h, H, "d"));
-	cr_assert_null(shardmap__hamt_get(&h, H2, "a"), "same key, other hash: absent");
+	cr_assert_null(shardmap__hamt_get(&h, H2, "d"), "another hash meets the collision node");
 
 	/* A different hash reaching the collision node pushes it down; then remove again. */
 	shardmap__txn_init(&tx, &f.mem);
@@ -327,7 +353,7 @@ static void oom_injection(enum hash_mode mode, int puts)
 {
 	struct fixture f;
 	fx_init(&f);
-	struct shardmap__hamt h = {0};
+	struct shardmap__hamt h = empty_trie(mode);
 	static struct ref ref;
 	memset(&ref, 0, sizeof ref);
 	uint64_t s = 77 + (uint64_t)mode, serial = 0;
@@ -391,4 +417,154 @@ Test(hamt, hash_is_xxh3_64_of_the_key_bytes)
 	cr_assert_eq(shardmap__hamt_hash(""), 0x2d06800538d394c2ull);
 	cr_assert_eq(shardmap__hamt_hash("abc"), 0x78af5f94892f3950ull);
 	cr_assert_neq(shardmap__hamt_hash("a"), shardmap__hamt_hash("b"));
+}
+
+/* ------------------------------------------------------------------ bulk builds */
+
+/* A value of a bulk build: a record holding its key, as shard records do. */
+struct rec {
+	const char *key;
+};
+
+static const char *rec_key(const void *value)
+{
+	return ((const struct rec *)value)->key;
+}
+
+/* n random items over the pool (keys repeat), each a fresh record of recs (n of them); ref
+ * gets what puts in array order would leave. */
+static struct shardmap__hamt_item *random_items(enum hash_mode mode, size_t n, uint64_t *s,
+						struct rec *recs, struct ref *ref)
+{
+	struct shardmap__hamt_item *items = calloc(n ? n : 1, sizeof *items);
+	cr_assert_not_null(items);
+	memset(ref, 0, sizeof *ref);
+	for (size_t i = 0; i < n; i++) {
+		int k = (int)(rng_next(s) % POOL);
+		recs[i].key = pool[k];
+		items[i] = (struct shardmap__hamt_item){key_hash(mode, pool[k]), &recs[i]};
+		ref->n += ref->v[k] == NULL;
+		ref->v[k] = &recs[i];
+	}
+	return items;
+}
+
+/* A bulk build answers like puts in array order, is canonical, copies nothing, and then
+ * takes ordinary puts and deletes in the same transaction and in later ones. */
+static void bulk_build(enum hash_mode mode, size_t n, uint64_t seed)
+{
+	struct fixture f;
+	fx_init(&f);
+	static struct ref ref;
+	uint64_t s = seed, serial = 0;
+	struct rec *recs = calloc(n ? n : 1, sizeof *recs);
+	cr_assert_not_null(recs);
+	struct shardmap__hamt_item *items = random_items(mode, n, &s, recs, &ref);
+	struct shardmap__hamt h = empty_trie(mode);
+	struct shardmap__txn tx;
+	shardmap__txn_init(&tx, &f.mem);
+	cr_assert_eq(shardmap__hamt_build(&tx, &h, items, n, rec_key), 0);
+	free(items);
+	check_trie(&h, &ref, mode);
+	cr_assert_eq(tx.retired.n, 0, "a build retires nothing");
+	for (int i = 0; i < 300; i++)
+		random_op(&tx, &h, &ref, mode, 50, &s, &serial);
+	check_trie(&h, &ref, mode);
+	commit_and_reclaim(&f, &tx);
+	shardmap__txn_init(&tx, &f.mem);
+	for (int i = 0; i < 300; i++)
+		random_op(&tx, &h, &ref, mode, 50, &s, &serial);
+	check_trie(&h, &ref, mode);
+	commit_and_reclaim(&f, &tx);
+	fx_fini(&f, &h);
+	free(recs);
+}
+
+Test(hamt, bulk_build_matches_puts_in_order)
+{
+	static const size_t sizes[] = {0, 1, 2, 3, 40, 700, 6000};
+	for (int mode = HASH_REAL; mode <= HASH_CONST; mode++)
+		for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+			if (mode != HASH_CONST || sizes[i] <= 700) /* O(n^2) checks of one list */
+				bulk_build((enum hash_mode)mode, sizes[i], 31 * (uint64_t)mode + i);
+}
+
+Test(hamt, bulk_build_refuses_a_non_empty_trie)
+{
+	struct fixture f;
+	fx_init(&f);
+	struct shardmap__hamt h = {0};
+	struct shardmap__txn tx;
+	shardmap__txn_init(&tx, &f.mem);
+	cr_assert_eq(shardmap__hamt_put(&tx, &h, shardmap__hamt_hash("a"), "a", value_of(1), NULL),
+		     0);
+	static struct rec b = {"b"};
+	struct shardmap__hamt_item one = {shardmap__hamt_hash("b"), &b};
+	struct shardmap__hamt before = h;
+	cr_assert_eq(shardmap__hamt_build(&tx, &h, &one, 1, rec_key), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap__hamt_build(&tx, &h, &one, 1, NULL), SHARDMAP_EINVAL);
+	cr_assert(memcmp(&before, &h, sizeof h) == 0, "a refused build changed the trie");
+	commit_and_reclaim(&f, &tx);
+	fx_fini(&f, &h);
+}
+
+/* Every allocation of a build fails in turn: ENOMEM, the trie stays empty, abort frees
+ * everything the build made (its heap scratch included). */
+Test(hamt, bulk_build_out_of_memory)
+{
+	for (int mode = HASH_REAL; mode <= HASH_DEEP; mode++) {
+		struct fixture f;
+		fx_init(&f);
+		static struct ref ref;
+		struct shardmap__hamt h = empty_trie((enum hash_mode)mode);
+		long k;
+		for (k = 1;; k++) {
+			cr_assert_lt(k, 5000, "the build never succeeded");
+			uint64_t s = 5 + (uint64_t)mode;
+			static struct rec recs[400];
+			struct shardmap__hamt_item *items =
+			    random_items((enum hash_mode)mode, 400, &s, recs, &ref);
+			long live = shardmap__mem_live();
+			struct shardmap__txn tx;
+			shardmap__txn_init(&tx, &f.mem);
+			shardmap__mem_fail_after(k);
+			int rc = shardmap__hamt_build(&tx, &h, items, 400, rec_key);
+			shardmap__mem_fail_after(0);
+			free(items);
+			if (rc == 0) {
+				check_trie(&h, &ref, (enum hash_mode)mode);
+				commit_and_reclaim(&f, &tx);
+				break;
+			}
+			cr_assert_eq(rc, SHARDMAP_ENOMEM, "k=%ld", k);
+			cr_assert(h.root == NULL && h.count == 0,
+				  "k=%ld: a failed build left nodes", k);
+			shardmap__txn_abort(&tx);
+			cr_assert_eq(shardmap__mem_live(), live, "k=%ld: abort after ENOMEM leaks",
+				     k);
+		}
+		cr_assert_gt(k, 10, "the build went through its allocation points");
+		fx_fini(&f, &h);
+	}
+}
+
+/* Puts into nodes the transaction owns grow them in place or into nodes twice the size:
+ * far fewer allocations than one node copy per put (what a published trie costs). */
+Test(hamt, puts_into_owned_nodes_are_amortised)
+{
+	struct fixture f;
+	fx_init(&f);
+	struct shardmap__hamt h = {0};
+	struct shardmap__txn tx;
+	shardmap__txn_init(&tx, &f.mem);
+	long allocs = shardmap__mem_allocs();
+	for (int i = 0; i < POOL; i++)
+		cr_assert_eq(shardmap__hamt_put(&tx, &h, shardmap__hamt_hash(pool[i]), pool[i],
+						value_of((uint64_t)i), NULL),
+			     0);
+	allocs = shardmap__mem_allocs() - allocs;
+	cr_assert_eq(shardmap__hamt_check(&h), 0);
+	cr_assert_lt(allocs, POOL, "%ld allocations for %d puts", allocs, POOL);
+	commit_and_reclaim(&f, &tx);
+	fx_fini(&f, &h);
 }

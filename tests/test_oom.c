@@ -2,7 +2,9 @@
  * test_oom.c - out-of-memory at every allocation point of an apply.
  *
  * For representative batches (the first version, creating a stream with many shards, split,
- * merge, move, cells put, replaced and deleted, a stream deleted, and a private build), the
+ * merge, move, cells put, replaced and deleted, a stream deleted, and a private build; the
+ * batches that create streams also through the bulk path, with its flush at the end of the
+ * batch and in the middle, before a delete), the
  * k-th allocation from map memory is made to fail for k = 1, 2, ... until the apply
  * succeeds. Every failure must answer SHARDMAP_ENOMEM, leave the published version, digest
  * and lookups exactly as they were, and leak nothing (shardmap__mem_live counts the map
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "apply.h"
 #include "map.h"
 #include "mem.h"
 
@@ -215,7 +218,9 @@ Test(oom, delete_stream)
 	close_clean(m);
 }
 
-Test(oom, private_build)
+/* A private build of the base version and stream "t", every allocation failing in turn: each
+ * failure leaves the published map exactly as it was and leaks nothing. */
+static void private_build_each_allocation(void)
 {
 	shardmap *m = open_base();
 	struct snapshot before, now;
@@ -247,4 +252,46 @@ Test(oom, private_build)
 	shardmap_delta_free(d1);
 	shardmap_delta_free(d2);
 	close_clean(m);
+}
+
+Test(oom, private_build)
+{
+	private_build_each_allocation();
+}
+
+/* ---------------------------------------------------------------- the bulk path */
+
+/* Every test below runs its batches through the bulk path (apply.c), whatever their size. */
+static void bulk_always(void)
+{
+	shardmap__apply_set_bulk_min_ops(0);
+}
+
+Test(oom, bulk_create_stream, .init = bulk_always)
+{
+	shardmap *m = open_base();
+	cr_assert_gt(fail_each_allocation(m, create_t(m)), 64);
+	close_clean(m);
+}
+
+/* A batch whose new stream is flushed in the middle: a delete_shard and a delete_stream
+ * need its trees, and the batch goes on op by op. */
+Test(oom, bulk_flush_before_deletes, .init = bulk_always)
+{
+	shardmap *m = open_base();
+	shardmap_delta *d = create_t(m);
+	shardmap_shard extra = {"extra", {1, 0}, {1, 0}, 0, "c2", NULL, NULL};
+	cr_assert_eq(shardmap_delta_put_shard(d, "t", &extra), 0);
+	cr_assert_eq(shardmap_delta_delete_shard(d, "t", "extra"), 0);
+	cr_assert_eq(shardmap_delta_put_stream(d, "u", SHARDMAP_HASH_XXH3), 0);
+	shardmap_shard u = {"u-0", {0, 0}, {UINT64_MAX, UINT64_MAX}, 1, "c1", NULL, NULL};
+	cr_assert_eq(shardmap_delta_put_shard(d, "u", &u), 0);
+	cr_assert_eq(shardmap_delta_delete_stream(d, "u"), 0);
+	cr_assert_gt(fail_each_allocation(m, d), 64);
+	close_clean(m);
+}
+
+Test(oom, bulk_private_build, .init = bulk_always)
+{
+	private_build_each_allocation();
 }

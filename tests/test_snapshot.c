@@ -52,7 +52,7 @@ static void expect_load_fails(shardmap *m, const char *path, int code, const cha
 	cr_assert_eq(rc, code, "rc %d (%s), wanted %d '%s'", rc, why.message, code, expect);
 	cr_assert_eq(why.code, code);
 	cr_assert(strstr(why.message, expect) != NULL, "message '%s' lacks '%s'", why.message,
-	          expect);
+		  expect);
 	cr_assert_eq(shardmap_version(m), v);
 	cr_assert_eq(gen_map_digest(m), digest);
 }
@@ -144,10 +144,10 @@ Test(snapshot, bad_files_leave_the_map_serving)
 	cr_assert_eq(shardmap_delta_new(0, 2, &d), 0);
 	cr_assert_eq(shardmap_delta_put_stream(d, "s", SHARDMAP_HASH_XXH3), 0);
 	shardmap_shard sh = {.id = "shardId-000000000000",
-	                     .start = {0, 0},
-	                     .end = {UINT64_MAX, UINT64_MAX},
-	                     .open = 1,
-	                     .owner_cell = "ghost"};
+			     .start = {0, 0},
+			     .end = {UINT64_MAX, UINT64_MAX},
+			     .open = 1,
+			     .owner_cell = "ghost"};
 	cr_assert_eq(shardmap_delta_put_shard(d, "s", &sh), 0);
 	cr_assert_eq(shardmap__codec_encode(d, &rec, &rec_len), 0);
 	write_file(bad, rec, rec_len);

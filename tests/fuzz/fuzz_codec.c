@@ -81,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(copy, data, size);
 	put_le(copy + 12, (uint32_t)XXH3_64bits(copy, 12), 4);
 	size_t blen = (size_t)copy[8] | (size_t)copy[9] << 8 | (size_t)copy[10] << 16 |
-	              (size_t)copy[11] << 24;
+		      (size_t)copy[11] << 24;
 	size_t at = SHARDMAP__CODEC_HEADER_BYTES + blen;
 	if (blen <= size && at + SHARDMAP__CODEC_TRAILER_BYTES <= size)
 		put_le(copy + at, XXH3_64bits(copy, at), 8);
