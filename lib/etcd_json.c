@@ -6,6 +6,7 @@
  * Bad data is refused with SHARDMAP_ECORRUPT (or SHARDMAP_ECONFLICT for a shard whose stream
  * does not exist) and a message that names the key. No I/O here.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -30,6 +31,12 @@ int shardmap__b64_decode(const char *s, char **out, size_t *len)
 	size_t n = strlen(s);
 	if (n % 4 != 0 || n > INT32_MAX)
 		return SHARDMAP_ECORRUPT;
+	/* Strict: only the alphabet, then at most two '=' at the very end (EVP_DecodeBlock
+	 * would also accept whitespace and padding in the middle of the last quantum). */
+	size_t pad = (n >= 1 && s[n - 1] == '=') + (n >= 2 && s[n - 2] == '=');
+	for (size_t i = 0; i < n - pad; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '+' && s[i] != '/')
+			return SHARDMAP_ECORRUPT;
 	char *buf = malloc(n / 4 * 3 + 1);
 	if (buf == NULL)
 		return SHARDMAP_ENOMEM;
@@ -39,7 +46,6 @@ int shardmap__b64_decode(const char *s, char **out, size_t *len)
 		return SHARDMAP_ECORRUPT;
 	}
 	/* EVP_DecodeBlock counts the padding as zero bytes */
-	size_t pad = (n >= 1 && s[n - 1] == '=') + (n >= 2 && s[n - 2] == '=');
 	*len = (size_t)got - pad;
 	buf[*len] = '\0';
 	*out = buf;

@@ -32,7 +32,9 @@ int shardmap__task_timer(struct shardmap__task *t, uint64_t ms);
 /* Run the callback soon with SHARDMAP__EV_WAKE (several wakes may coalesce). MT-safe,
  * never blocks. */
 void shardmap__task_wake(struct shardmap__task *t);
-/* Stop and free the task. After return the callback is not running and never runs again,
+/* Stop and free the task. Close (or unwatch, fd -1) the task BEFORE closing the fd it
+ * watches: once the fd number is reused, removing a stale registration could remove another
+ * task's watch of the new fd. After return the callback is not running and never runs again,
  * except when called from the task's own callback: then it is freed after that callback
  * returns. Does not close the fd. MT-safe. */
 void shardmap__task_close(struct shardmap__task *t);
