@@ -10,7 +10,17 @@
 
 #include "http_common.h"
 
-enum fe_endpoint { FE_ROUTE, FE_RECORDS, FE_SHARDS, FE_HEALTHZ, FE_METRICS, FE_OTHER, FE_N };
+/* FE_FIXED is GET /fixed, a constant answer: bench/bench_frontend.sh's baseline. */
+enum fe_endpoint {
+	FE_ROUTE,
+	FE_RECORDS,
+	FE_SHARDS,
+	FE_HEALTHZ,
+	FE_METRICS,
+	FE_FIXED,
+	FE_OTHER,
+	FE_N
+};
 
 /* Request latency histogram bounds, seconds (the last bucket is +Inf). */
 #define FE_N_BUCKETS 14

@@ -7,6 +7,9 @@
  *   GET  /shards?stream=S                        the stream's shards
  *   GET  /healthz                                ready | stale | not ready, with the reason
  *   GET  /metrics                                Prometheus text: the library's and ours
+ *   GET  /fixed                                  a constant answer the size of a /route one:
+ *                                                the HTTP server's own limit, for
+ *                                                bench/bench_frontend.sh (no map lookup)
  *
  * Bad requests get 400 with a JSON error, unknown streams 404, a map not ready 503.
  */
@@ -25,8 +28,8 @@ static const double bucket_bounds[FE_N_BUCKETS - 1] = {
     0.025,  0.05,    0.1,    0.25,  0.5,    1.0};
 static const double lookup_bounds_ns[FE_N_LOOKUP_BUCKETS - 1] = {50,   100,  250,   500,
                                                                     1000, 2500, 10000, 100000};
-static const char *const endpoint_names[FE_N] = {"route",   "records", "shards",
-                                                  "healthz", "metrics", "other"};
+static const char *const endpoint_names[FE_N] = {"route",   "records", "shards", "healthz",
+                                                  "metrics", "fixed",   "other"};
 
 struct request {
 	uint64_t start_ns;
@@ -70,6 +73,8 @@ static enum fe_endpoint classify(const char *url)
 		return FE_HEALTHZ;
 	if (strcmp(url, "/metrics") == 0)
 		return FE_METRICS;
+	if (strcmp(url, "/fixed") == 0)
+		return FE_FIXED;
 	return FE_OTHER;
 }
 
@@ -141,6 +146,18 @@ static enum MHD_Result get_route(struct frontend *fe, struct request *rq,
 	if (rc != 0)
 		return reply_map_error(rq, c, rc, stream);
 	return reply(rq, c, 200, o);
+}
+
+/* The shape and size of a /route answer, built and serialised like one, without the map. */
+static enum MHD_Result get_fixed(struct request *rq, struct MHD_Connection *c)
+{
+	return reply(rq, c, 200,
+	             json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:[s], s:I}", "stream", "fixed",
+	                       "shard", "shardId-000000000008", "start",
+	                       "170141183460469231731687303715884105728", "end",
+	                       "191408831393027885698148216680369618943", "open", 1, "cell",
+	                       "cell-a", "endpoints", "127.0.0.1:40000", "version",
+	                       (json_int_t)2));
 }
 
 static int add_shard(void *ctx, const shardmap_route *rt)
@@ -358,6 +375,8 @@ static enum MHD_Result handle(void *ctx, struct MHD_Connection *c, const char *u
 		return get ? get_healthz(fe, rq, c) : reply_error(rq, c, 405, "use GET");
 	case FE_METRICS:
 		return get ? get_metrics(fe, rq, c) : reply_error(rq, c, 405, "use GET");
+	case FE_FIXED:
+		return get ? get_fixed(rq, c) : reply_error(rq, c, 405, "use GET");
 	default:
 		return reply_error(rq, c, 404, "no such resource");
 	}

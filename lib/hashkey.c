@@ -113,7 +113,7 @@ static const char *parse(const char *s, u128 *out)
 
 int shardmap_hash_parse(const char *decimal, shardmap_hash *out)
 {
-	u128 v;
+	u128 v = 0; /* set by a successful parse; initialised for -O3 flow analysis */
 	if (out == NULL || parse(decimal, &v) != NULL)
 		return SHARDMAP_EINVAL;
 	*out = from_u128(v);
@@ -122,7 +122,7 @@ int shardmap_hash_parse(const char *decimal, shardmap_hash *out)
 
 const char *shardmap_hash_parse_error(const char *decimal)
 {
-	u128 v;
+	u128 v = 0;
 	return parse(decimal, &v);
 }
 
