@@ -16,21 +16,9 @@ struct shard_visit {
 
 static int visit(struct shard_visit *sv, const struct shardmap__shard *sh)
 {
-	const struct shardmap__cell *c = shardmap__version_cell(sv->v, sh->owner_cell);
-	shardmap_route rt = {
-	    .version = sv->v->version,
-	    .stream = sv->st->name,
-	    .shard_id = sh->id,
-	    .start = sh->start,
-	    .end = sh->end,
-	    .open = sh->open,
-	    .parent = sh->parent,
-	    .adjacent_parent = sh->adjacent_parent,
-	    .cell_id = c ? c->id : sh->owner_cell,
-	    .endpoints = c ? c->endpoints : NULL,
-	    .n_endpoints = c ? c->n_endpoints : 0,
-	};
-	return sv->fn(sv->ctx, &rt);
+	shardmap_route rt;
+	int rc = shardmap__route_answer(sv->v, sv->st, sh, &rt);
+	return rc ? rc : sv->fn(sv->ctx, &rt);
 }
 
 static int visit_open(void *ctx, shardmap_hash start, const void *value)

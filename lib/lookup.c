@@ -13,9 +13,8 @@
 #include "hashkey.h"
 #include "map_impl.h"
 
-/* Fill *out from a shard of stream st in version v. */
-static int answer(const struct shardmap__version *v, const struct shardmap__stream *st,
-		  const struct shardmap__shard *sh, shardmap_route *out)
+int shardmap__route_answer(const struct shardmap__version *v, const struct shardmap__stream *st,
+                           const struct shardmap__shard *sh, shardmap_route *out)
 {
 	const struct shardmap__cell_ent *e =
 	    shardmap__hamt_get(&v->cells, sh->cell_hash, sh->owner_cell);
@@ -53,7 +52,7 @@ static int route(const struct shardmap__version *v, const struct shardmap__strea
 	const struct shardmap__shard *sh = shardmap__btree_find(&st->open, h);
 	if (sh == NULL)
 		return SHARDMAP_ENOENT; /* not reached: open shards cover the whole space */
-	return answer(v, st, sh, out);
+	return shardmap__route_answer(v, st, sh, out);
 }
 
 int shardmap_route_hash(shardmap_reader *r, const char *stream, shardmap_hash h,
@@ -94,5 +93,5 @@ int shardmap_find_shard(shardmap_reader *r, const char *stream, const char *shar
 	if (rc != 0)
 		return rc;
 	const struct shardmap__shard *sh = shardmap__stream_shard(st, shard_id);
-	return sh ? answer(v, st, sh, out) : SHARDMAP_ENOENT;
+	return sh ? shardmap__route_answer(v, st, sh, out) : SHARDMAP_ENOENT;
 }

@@ -92,6 +92,12 @@ int shardmap__reclaim(shardmap *m, int wait);
  * Lifetime: until shardmap_read_end. Blocking: never. */
 const struct shardmap__version *shardmap__read_version(shardmap_reader *r);
 
+/* Fill *out from shard sh of stream st in version v (pointers into v's records).
+ * Returns 0, or SHARDMAP_ENOENT if the owner cell is missing (apply never allows it).
+ * Read-side: call inside the section that protects v. Blocking: never. */
+int shardmap__route_answer(const struct shardmap__version *v, const struct shardmap__stream *st,
+                           const struct shardmap__shard *sh, shardmap_route *out);
+
 /* The options the map was opened with (defaults filled in). Lifetime: the map's. */
 const shardmap_options *shardmap__options(const shardmap *m);
 

@@ -161,9 +161,10 @@ static uint64_t shard_hash(const char *stream, const shardmap_shard *s)
 	return canon_digest(&c);
 }
 
-uint64_t shardmap__shard_content_hash(const char *stream, const struct shardmap__shard *sh)
+/* The public view of a shard record (pointers into the record). */
+static shardmap_shard shard_view(const struct shardmap__shard *sh)
 {
-	shardmap_shard s = {
+	return (shardmap_shard){
 	    .id = sh->id,
 	    .start = sh->start,
 	    .end = sh->end,
@@ -172,6 +173,11 @@ uint64_t shardmap__shard_content_hash(const char *stream, const struct shardmap_
 	    .parent = sh->parent,
 	    .adjacent_parent = sh->adjacent_parent,
 	};
+}
+
+uint64_t shardmap__shard_content_hash(const char *stream, const struct shardmap__shard *sh)
+{
+	shardmap_shard s = shard_view(sh);
 	return shard_hash(stream, &s);
 }
 
@@ -384,16 +390,7 @@ static int put_stream_ops(shardmap_delta *d, const struct shardmap__stream *st)
 		return rc;
 	qsort(g.v, g.n, sizeof *g.v, cmp_shard);
 	for (size_t i = 0; i < g.n && rc == 0; i++) {
-		const struct shardmap__shard *sh = g.v[i];
-		shardmap_shard s = {
-		    .id = sh->id,
-		    .start = sh->start,
-		    .end = sh->end,
-		    .open = sh->open,
-		    .owner_cell = sh->owner_cell,
-		    .parent = sh->parent,
-		    .adjacent_parent = sh->adjacent_parent,
-		};
+		shardmap_shard s = shard_view(g.v[i]);
 		rc = shardmap_delta_put_shard(d, st->name, &s);
 	}
 	free(g.v);
