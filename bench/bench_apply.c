@@ -27,17 +27,16 @@ struct shape_def {
 	unsigned streams, shards;
 };
 
-static const struct shape_def full_shapes[] = {{"10000x100", 10000, 100},
-                                               {"1x65536", 1, 65536}};
+static const struct shape_def full_shapes[] = {{"10000x100", 10000, 100}, {"1x65536", 1, 65536}};
 static const struct shape_def quick_shapes[] = {{"100x100", 100, 100}, {"1x4096", 1, 4096}};
 
 enum kind { K_MOVE1, K_SPLIT3, K_MOVE64, N_KINDS };
 static const char *const kind_name[N_KINDS] = {"move1", "split3", "move64"};
 static const char *const kind_label[N_KINDS] = {"move (1 op)", "split/merge (3 ops)",
-                                                "move x64 (64 ops)"};
+						"move x64 (64 ops)"};
 static const unsigned kind_ops[N_KINDS] = {1, 3, 64};
 
-#define MAX_RUNS 64
+#define MAX_RUNS    64
 #define MAX_READERS 1
 
 /* ---------------------------------------------------------------- the background reader */
@@ -88,7 +87,7 @@ struct writer {
 	struct bench_map *bm;
 	shardmap_reader *r; /* the writer's own reader, to find shards */
 	uint64_t rng;
-	int split_phase;    /* split3: 0 = split next, 1 = merge the children back */
+	int split_phase; /* split3: 0 = split next, 1 = merge the children back */
 	unsigned split_stream;
 	shardmap_hash split_start, split_mid;
 };
@@ -114,8 +113,8 @@ static shardmap_delta *make_move1(struct writer *w)
 	shardmap_delta *d;
 
 	bench_check_rc(bench_shard_at(w->r, stream, bench_rand_hash(&w->rng), &sh), "route_hash");
-	int rc = shardmap_plan_move(bm->m, stream, sh.id,
-	                            bm->cell_names[next_cell(bm, sh.cell)], &d);
+	int rc =
+	    shardmap_plan_move(bm->m, stream, sh.id, bm->cell_names[next_cell(bm, sh.cell)], &d);
 	if (rc != SHARDMAP_OK)
 		bench_die("plan_move: %s", shardmap_plan_error());
 	return d;
@@ -132,7 +131,7 @@ static shardmap_delta *make_split3(struct writer *w)
 		w->split_stream = (unsigned)bench_rand_below(&w->rng, bm->n_streams);
 		const char *stream = bm->stream_names[w->split_stream];
 		bench_check_rc(bench_shard_at(w->r, stream, bench_rand_hash(&w->rng), &a),
-		               "route_hash");
+			       "route_hash");
 		w->split_start = a.start;
 		w->split_mid = bench_hash_mid(a.start, a.end);
 		rc = shardmap_plan_split(bm->m, stream, a.id, w->split_mid, &d);
@@ -160,9 +159,9 @@ static shardmap_delta *make_move64(struct writer *w)
 	for (unsigned n = 0; n < 64;) {
 		unsigned s = (unsigned)bench_rand_below(&w->rng, bm->n_streams);
 		struct bench_shard sh;
-		bench_check_rc(bench_shard_at(w->r, bm->stream_names[s], bench_rand_hash(&w->rng),
-		                              &sh),
-		               "route_hash");
+		bench_check_rc(
+		    bench_shard_at(w->r, bm->stream_names[s], bench_rand_hash(&w->rng), &sh),
+		    "route_hash");
 		int dup = 0;
 		for (unsigned k = 0; k < n && !dup; k++)
 			dup = picked_stream[k] == s && strcmp(picked_id[k], sh.id) == 0;
@@ -204,8 +203,7 @@ struct sample {
 	uint64_t p50_ns, p99_ns, max_ns;
 };
 
-static struct sample measure(struct writer *w, enum kind k, unsigned n_batches,
-                             uint64_t *lat)
+static struct sample measure(struct writer *w, enum kind k, unsigned n_batches, uint64_t *lat)
 {
 	struct sample out;
 	uint64_t apply_ns = 0, t_loop = bench_now_ns();
@@ -215,12 +213,13 @@ static struct sample measure(struct writer *w, enum kind k, unsigned n_batches,
 		shardmap_delta *d = make_batch(w, k);
 		if (shardmap_delta_count(d) != kind_ops[k])
 			bench_die("%s: batch of %zu ops, expected %u", kind_name[k],
-			          shardmap_delta_count(d), kind_ops[k]);
+				  shardmap_delta_count(d), kind_ops[k]);
 		uint64_t t0 = bench_now_ns();
 		int rc = shardmap_apply(w->bm->m, d, &why);
 		uint64_t t1 = bench_now_ns();
 		if (rc != SHARDMAP_OK)
-			bench_die("apply %s: %s: %s", kind_name[k], shardmap_err_name(rc), why.message);
+			bench_die("apply %s: %s: %s", kind_name[k], shardmap_err_name(rc),
+				  why.message);
 		shardmap_delta_free(d);
 		lat[b] = t1 - t0;
 		apply_ns += t1 - t0;
@@ -254,7 +253,7 @@ static double cell_median(const struct cell *c, int field)
 		v[r] = field == 0   ? s->batches_per_s
 		       : field == 1 ? s->loop_per_s
 		       : field == 2 ? (double)s->p50_ns
-		                    : (double)s->p99_ns;
+				    : (double)s->p99_ns;
 	}
 	return bench_median(v, c->n);
 }
@@ -342,7 +341,8 @@ int main(int argc, char **argv)
 					atomic_store_explicit(&rd.stop, 1, memory_order_relaxed);
 					pthread_join(rt, NULL);
 					if (rd.errors)
-						bench_die("reader: %" PRIu64 " lookups failed", rd.errors);
+						bench_die("reader: %" PRIu64 " lookups failed",
+							  rd.errors);
 				}
 			}
 		}
@@ -356,8 +356,9 @@ int main(int argc, char **argv)
 				const struct cell *c = &cells[readers][k];
 				double p50 = cell_median(c, 2) / 1e3, p99 = cell_median(c, 3) / 1e3;
 				double mx = (double)cell_max(c) / 1e3;
-				printf("%-22s %-8u %12.0f %12.0f %10.1f %10.1f %10.1f\n", kind_label[k],
-				       readers, cell_median(c, 0), cell_median(c, 1), p50, p99, mx);
+				printf("%-22s %-8u %12.0f %12.0f %10.1f %10.1f %10.1f\n",
+				       kind_label[k], readers, cell_median(c, 0), cell_median(c, 1),
+				       p50, p99, mx);
 				json_t *j = bench_json_or_die(json_object());
 				bench_json_str(j, "shape", def->name);
 				bench_json_int(j, "streams", def->streams);
@@ -372,8 +373,8 @@ int main(int argc, char **argv)
 				bench_json_num(j, "max_us", mx);
 				json_t *arr = bench_json_or_die(json_array());
 				for (unsigned r = 0; r < c->n; r++)
-					json_array_append_new(arr,
-					                      json_real((double)c->run[r].p99_ns / 1e3));
+					json_array_append_new(
+					    arr, json_real((double)c->run[r].p99_ns / 1e3));
 				json_object_set_new(j, "runs_p99_us", arr);
 				bench_json_result(doc, j);
 				if (k == K_MOVE1 && def->streams > 1)
@@ -392,7 +393,7 @@ int main(int argc, char **argv)
 		for (unsigned readers = 0; readers <= MAX_READERS; readers++) {
 			char name[128];
 			snprintf(name, sizeof name, "%s: 1-op batch publish p99, %u reader%s",
-			         defs[i].name, readers, readers == 1 ? "" : "s");
+				 defs[i].name, readers, readers == 1 ? "" : "s");
 			bench_target(doc, name, p99_move1[i][readers], "<=", 1000, "us");
 		}
 	}

@@ -15,10 +15,13 @@
  *   rwlock  the raw map (directory + sorted array + owner) behind a pthread_rwlock, one read
  *           lock per lookup.
  *   mutex   the same behind a pthread mutex.
+ *   rwsame  shardmap's own structures (as same) behind a pthread_rwlock, one read lock per
+ *           lookup: a lock against an epoch section with exactly the same work inside.
  * with 1 and 2 reader threads, and again with a writer publishing 1,000 batches/s: for
- * shardmap small split / merge / move batches through shardmap_plan_* + shardmap_apply;
- * for rwlock and mutex the same changes made in a spare copy of the stream's arrays and
- * swapped in under the write lock (raw and same cannot run beside a writer).
+ * shardmap (and rwsame) small split / merge / move batches through shardmap_plan_* +
+ * shardmap_apply, rwsame applying under the write lock; for rwlock and mutex the same
+ * changes made in a spare copy of the stream's arrays and swapped in under the write lock
+ * (raw and same cannot run beside a writer).
  *
  * Variants and configurations are interleaved inside every run (the order rotates from run
  * to run) and every figure is the median over the runs; ratios are medians of the per-run
@@ -36,8 +39,8 @@
 #include "map.h"
 #include "model.h"
 
-#define CHUNK 64           /* lookups per section in per64, and per clock check / 16 */
-#define WRITER_HZ 1000     /* batches per second the writer aims for */
+#define CHUNK	  64   /* lookups per section in per64, and per clock check / 16 */
+#define WRITER_HZ 1000 /* batches per second the writer aims for */
 
 /* ---------------------------------------------------------------- shapes and variants */
 
@@ -47,25 +50,36 @@ struct shape_def {
 };
 
 static const struct shape_def full_shapes[] = {
-    {"1x16", 1, 16},           {"1x1024", 1, 1024},         {"1x65536", 1, 65536},
+    {"1x16", 1, 16},	       {"1x1024", 1, 1024},	  {"1x65536", 1, 65536},
     {"1x1048576", 1, 1048576}, {"10000x100", 10000, 100},
 };
 static const struct shape_def quick_shapes[] = {
-    {"1x16", 1, 16}, {"1x1024", 1, 1024}, {"1x65536", 1, 65536}, {"100x100", 100, 100},
+    {"1x16", 1, 16},
+    {"1x1024", 1, 1024},
+    {"1x65536", 1, 65536},
+    {"100x100", 100, 100},
 };
 
-enum variant { V_RAW, V_SAME, V_EACH, V_PER64, V_RWLOCK, V_MUTEX, N_VARIANTS };
+enum variant { V_RAW, V_SAME, V_EACH, V_PER64, V_RWLOCK, V_MUTEX, V_RWSAME, N_VARIANTS };
 
-static const char *const variant_name[N_VARIANTS] = {"raw",   "same",   "each",
-                                                     "per64", "rwlock", "mutex"};
+static const char *const variant_name[N_VARIANTS] = {"raw",    "same",	"each",	 "per64",
+						     "rwlock", "mutex", "rwsame"};
 static const char *const variant_label[N_VARIANTS] = {
-    "(a) raw binary search",       "(a') raw same structure", "(b) section per lookup",
-    "(c) section per 64 lookups", "(d) rwlock map",          "(e) mutex map",
+    "(a) raw binary search",	   "(a') raw same structure", "(b) section per lookup",
+    "(c) section per 64 lookups",  "(d) rwlock map",	      "(e) mutex map",
+    "(f) rwlock + same structure",
 };
 
+/* readers that need a shardmap reader handle */
 static int variant_is_shardmap(enum variant v)
 {
 	return v == V_EACH || v == V_PER64;
+}
+
+/* variants whose writer publishes through shardmap_apply (rwsame's under its rwlock) */
+static int variant_writes_shardmap(enum variant v)
+{
+	return v == V_EACH || v == V_PER64 || v == V_RWSAME;
 }
 
 /* raw and same read memory no writer may touch: they only run without one */
@@ -97,9 +111,9 @@ struct u128 {
 struct flat_stream {
 	uint64_t name_hash;
 	const char *name;
-	size_t n;                  /* open shards */
-	struct u128 *starts;       /* ascending, starts[0] = 0 */
-	uint32_t *owner;           /* cell index of each shard */
+	size_t n;		   /* open shards */
+	struct u128 *starts;	   /* ascending, starts[0] = 0 */
+	uint32_t *owner;	   /* cell index of each shard */
 	struct u128 *spare_starts; /* the writer's next copy (room for n + 1) */
 	uint32_t *spare_owner;
 };
@@ -131,7 +145,7 @@ static inline size_t flat_search(const struct u128 *a, size_t n, uint64_t hi, ui
 
 /* The stream called name (NULL if none): binary search on the name hash, then strcmp. */
 static inline const struct flat_stream *flat_find_stream(const struct flat_map *fm,
-                                                         const char *name)
+							 const char *name)
 {
 	uint64_t h = XXH3_64bits(name, strlen(name));
 	const struct flat_stream *base = fm->streams;
@@ -148,8 +162,8 @@ static inline const struct flat_stream *flat_find_stream(const struct flat_map *
 }
 
 /* raw: with one stream the caller's stream is known, so there is no directory step. */
-static inline uint64_t flat_lookup_raw(const struct flat_map *fm, const char *name,
-                                       const char *key, size_t len)
+static inline uint64_t flat_lookup_raw(const struct flat_map *fm, const char *name, const char *key,
+				       size_t len)
 {
 	const struct flat_stream *st =
 	    fm->n_streams == 1 ? &fm->streams[0] : flat_find_stream(fm, name);
@@ -159,7 +173,7 @@ static inline uint64_t flat_lookup_raw(const struct flat_map *fm, const char *na
 
 /* The locked maps answer like a map: the shard and its owner cell. */
 static inline uint64_t flat_lookup_owner(const struct flat_map *fm, const char *name,
-                                         const char *key, size_t len)
+					 const char *key, size_t len)
 {
 	const struct flat_stream *st = flat_find_stream(fm, name);
 	XXH128_hash_t h = XXH3_128bits(key, len);
@@ -207,7 +221,8 @@ static void flat_build(struct flat_map *fm, const struct bench_map *bm)
 			struct bench_shard sh;
 			bench_check_rc(bench_shard_at(r, name, h, &sh), "route_hash (flat build)");
 			if (st->n == bm->n_shards)
-				bench_die("stream %s has more than %u open shards", name, bm->n_shards);
+				bench_die("stream %s has more than %u open shards", name,
+					  bm->n_shards);
 			st->starts[st->n].hi = sh.start.hi;
 			st->starts[st->n].lo = sh.start.lo;
 			st->owner[st->n] = cell_index(bm, sh.cell);
@@ -242,12 +257,14 @@ struct shape {
 	struct bench_map bm;
 	struct flat_map flat;
 	struct bench_keys keys;
-	uint32_t *key_stream; /* stream index of each key */
+	uint32_t *key_stream;			/* stream index of each key */
 	const struct shardmap__version *pinned; /* for same: valid while no writer runs */
+	/* for rwsame: read and written only under flat.rw (the writer applies and updates it
+	 * with the write lock held, so no reader holds the version apply retires) */
+	const struct shardmap__version *rw_version;
 };
 
-static void shape_build(struct shape *s, const struct shape_def *def, size_t n_keys,
-                        uint64_t seed)
+static void shape_build(struct shape *s, const struct shape_def *def, size_t n_keys, uint64_t seed)
 {
 	uint64_t t0 = bench_now_ns(), rng = seed ^ 0x5eedu;
 	memset(s, 0, sizeof *s);
@@ -275,8 +292,8 @@ static void shape_free(struct shape *s)
 /* What shardmap_route_key does (lib/lookup.c: stream_of, route, answer), on a version the
  * caller keeps alive by other means, with no epoch section: stream directory (HAMT), hash,
  * B+-tree of starts, cell table (HAMT). */
-static inline int same_route(const struct shardmap__version *v, const char *stream,
-                             const void *key, size_t len, shardmap_route *out)
+static int same_route(const struct shardmap__version *v, const char *stream, const void *key,
+		      size_t len, shardmap_route *out)
 {
 	const struct shardmap__stream *st = shardmap__version_stream(v, stream);
 	if (st == NULL)
@@ -306,12 +323,18 @@ static inline int same_route(const struct shardmap__version *v, const char *stre
 	return SHARDMAP_OK;
 }
 
+/* Called through this pointer so that, like shardmap_route_key, it is an out-of-line call
+ * per lookup: same then differs from the real lookup only by what synchronisation adds
+ * (volatile: the compiler may not see through it and inline the walk into the loop). */
+static int (*volatile same_route_fn)(const struct shardmap__version *, const char *, const void *,
+				     size_t, shardmap_route *) = same_route;
+
 /* ---------------------------------------------------------------- readers */
 
 struct reader {
 	struct shape *s;
 	enum variant var;
-	size_t first_key;       /* where this thread starts in the key pool */
+	size_t first_key; /* where this thread starts in the key pool */
 	uint64_t duration_ns;
 	pthread_barrier_t *go;
 	shardmap_reader *r;
@@ -348,7 +371,7 @@ static uint64_t run_chunk(struct reader *rd, size_t i0)
 	case V_SAME:
 		for (size_t i = i0; i < i0 + CHUNK; i++) {
 			key = bench_key(&s->keys, i, &len);
-			int rc = same_route(s->pinned, names[s->key_stream[i]], key, len, &rt);
+			int rc = same_route_fn(s->pinned, names[s->key_stream[i]], key, len, &rt);
 			sum += route_sum(rc, &rt, &rd->errors);
 		}
 		break;
@@ -375,6 +398,16 @@ static uint64_t run_chunk(struct reader *rd, size_t i0)
 			key = bench_key(&s->keys, i, &len);
 			pthread_rwlock_rdlock(&s->flat.rw);
 			sum += flat_lookup_owner(&s->flat, names[s->key_stream[i]], key, len);
+			pthread_rwlock_unlock(&s->flat.rw);
+		}
+		break;
+	case V_RWSAME:
+		for (size_t i = i0; i < i0 + CHUNK; i++) {
+			key = bench_key(&s->keys, i, &len);
+			pthread_rwlock_rdlock(&s->flat.rw);
+			int rc =
+			    same_route_fn(s->rw_version, names[s->key_stream[i]], key, len, &rt);
+			sum += route_sum(rc, &rt, &rd->errors);
 			pthread_rwlock_unlock(&s->flat.rw);
 		}
 		break;
@@ -424,15 +457,15 @@ static void *reader_main(void *arg)
 
 struct writer {
 	struct shape *s;
-	enum variant var;           /* which map it writes: shardmap, rwlock or mutex */
+	enum variant var; /* which map it writes: shardmap, rwlock or mutex */
 	pthread_barrier_t *go;
-	atomic_int stop;            /* set by main after the readers are done */
+	atomic_int stop; /* set by main after the readers are done */
 	uint64_t rng;
 	/* the split -> merge -> move cycle in progress */
 	int phase;
 	unsigned stream;
-	size_t idx;                 /* flat: shard index being split/merged/moved */
-	shardmap_hash start, mid;   /* shardmap: range start and split point */
+	size_t idx;		  /* flat: shard index being split/merged/moved */
+	shardmap_hash start, mid; /* shardmap: range start and split point */
 	shardmap_reader *r;
 	/* results */
 	uint64_t batches, errors, elapsed_ns;
@@ -442,7 +475,7 @@ static void sm_writer_fail(struct writer *w, const char *what, int rc)
 {
 	if (w->errors++ == 0)
 		fprintf(stderr, "bench: writer %s: %s (%s)\n", what, shardmap_err_name(rc),
-		        shardmap_plan_error());
+			shardmap_plan_error());
 }
 
 /* One shardmap batch: split a random shard in two, merge the children back, move the
@@ -488,7 +521,14 @@ static void sm_writer_step(struct writer *w)
 		w->phase = 0;
 		return;
 	}
+	if (w->var == V_RWSAME)
+		pthread_rwlock_wrlock(&w->s->flat.rw);
 	rc = shardmap_apply(bm->m, d, &why);
+	if (w->var == V_RWSAME) {
+		w->s->rw_version = shardmap__pin(bm->m);
+		shardmap__unpin(bm->m);
+		pthread_rwlock_unlock(&w->s->flat.rw);
+	}
 	shardmap_delta_free(d);
 	if (rc != 0) {
 		sm_writer_fail(w, why.message, rc);
@@ -564,13 +604,13 @@ static void *writer_main(void *arg)
 	struct writer *w = arg;
 	const uint64_t period = 1000000000u / WRITER_HZ;
 
-	if (variant_is_shardmap(w->var))
+	if (variant_writes_shardmap(w->var))
 		bench_check_rc(shardmap_reader_open(w->s->bm.m, &w->r), "writer reader_open");
 	pthread_barrier_wait(w->go);
 	uint64_t t0 = bench_now_ns(), next = t0;
 	/* relaxed: the flag only ends the loop; the main thread joins us before reading results */
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		if (variant_is_shardmap(w->var))
+		if (variant_writes_shardmap(w->var))
 			sm_writer_step(w);
 		else
 			flat_writer_step(w);
@@ -585,7 +625,7 @@ static void *writer_main(void *arg)
 	 * flat arrays, sized for one split, never see two) */
 	uint64_t counted = w->batches;
 	while (w->phase != 0) {
-		if (variant_is_shardmap(w->var))
+		if (variant_writes_shardmap(w->var))
 			sm_writer_step(w);
 		else
 			flat_writer_step(w);
@@ -599,14 +639,14 @@ static void *writer_main(void *arg)
 /* ---------------------------------------------------------------- one measurement */
 
 struct sample {
-	double ns;       /* reader-thread ns per lookup */
-	double mops;     /* all readers together, million lookups per second */
-	double wrate;    /* writer batches per second achieved (0 without a writer) */
+	double ns;    /* reader-thread ns per lookup */
+	double mops;  /* all readers together, million lookups per second */
+	double wrate; /* writer batches per second achieved (0 without a writer) */
 	uint64_t werrors;
 };
 
 static struct sample measure(struct shape *s, enum variant var, const struct config *cfg,
-                             uint64_t duration_ns, uint64_t *rng)
+			     uint64_t duration_ns, uint64_t *rng)
 {
 	struct reader rd[2];
 	struct writer w;
@@ -615,11 +655,13 @@ static struct sample measure(struct shape *s, enum variant var, const struct con
 	struct sample out = {0, 0, 0, 0};
 	unsigned n_threads = cfg->readers + (cfg->writer ? 1 : 0);
 
-	if (var == V_SAME) {
-		/* pin only to read the current version: no writer runs while same is measured,
-		 * so the version stays current (and alive) until the next apply */
+	if (var == V_SAME || var == V_RWSAME) {
+		/* pin only to read the current version: no writer runs yet, so it stays current
+		 * (and alive) until the next apply (for rwsame, which that writer makes under
+		 * flat.rw, then replaces rw_version before unlocking) */
 		s->pinned = shardmap__pin(s->bm.m);
 		shardmap__unpin(s->bm.m);
+		s->rw_version = s->pinned;
 	}
 	pthread_barrier_init(&go, NULL, n_threads + 1);
 	memset(&w, 0, sizeof w);
@@ -648,8 +690,8 @@ static struct sample measure(struct shape *s, enum variant var, const struct con
 	for (unsigned t = 0; t < cfg->readers; t++) {
 		pthread_join(rt[t], NULL);
 		if (rd[t].errors != 0)
-			bench_die("%s/%s: %" PRIu64 " lookups failed", s->def->name, variant_name[var],
-			          rd[t].errors);
+			bench_die("%s/%s: %" PRIu64 " lookups failed", s->def->name,
+				  variant_name[var], rd[t].errors);
 		thread_ns += rd[t].elapsed_ns;
 		lookups += rd[t].lookups;
 		out.mops += (double)rd[t].lookups * 1e3 / (double)rd[t].elapsed_ns;
@@ -663,6 +705,7 @@ static struct sample measure(struct shape *s, enum variant var, const struct con
 	}
 	pthread_barrier_destroy(&go);
 	s->pinned = NULL;
+	s->rw_version = NULL;
 	out.ns = (double)thread_ns / (double)lookups;
 	return out;
 }
@@ -719,7 +762,7 @@ static double speedup_of(const struct cell *num, const struct cell *den)
 
 /* the baseline cell for ratios "x raw" / "x same": same number of readers, no writer */
 static const struct cell *unsync_base(const struct shape_results *res, unsigned ci,
-                                      enum variant base)
+				      enum variant base)
 {
 	for (unsigned k = 0; k < N_CONFIGS; k++)
 		if (configs[k].readers == configs[ci].readers && !configs[k].writer)
@@ -728,13 +771,14 @@ static const struct cell *unsync_base(const struct shape_results *res, unsigned 
 }
 
 static void report_shape(json_t *doc, const struct shape *s, const struct shape_results *res,
-                         unsigned runs)
+			 unsigned runs)
 {
 	printf("\n== %s (%u stream%s x %u shards): ns/lookup, median of %u runs "
 	       "[x raw | x rwlock]\n",
 	       s->def->name, s->def->streams, s->def->streams > 1 ? "s" : "", s->def->shards, runs);
-	printf("   (x raw: against raw with as many readers and no writer; x rwlock: against rwlock "
-	       "in the same configuration)\n");
+	printf(
+	    "   (x raw: against raw with as many readers and no writer; x rwlock: against rwlock "
+	    "in the same configuration)\n");
 	printf("%-28s", "variant");
 	for (unsigned ci = 0; ci < N_CONFIGS; ci++)
 		printf("  %-22s", configs[ci].label);
@@ -815,27 +859,30 @@ static void report_targets(json_t *doc, const struct target_inputs *t)
 	unsigned c1 = cfg_index(1, 0), c2w = cfg_index(2, 1);
 	printf("\ntargets (1 reader, no writer unless stated; medians of per-run ratios):\n");
 	bench_target(doc, "1x1024: section per 64 / raw binary search",
-	             t->r1024 ? ratio_of(&t->r1024->c[c1][V_PER64], &t->r1024->c[c1][V_RAW]) : -1,
-	             "<=", 1.1, "x");
+		     t->r1024 ? ratio_of(&t->r1024->c[c1][V_PER64], &t->r1024->c[c1][V_RAW]) : -1,
+		     "<=", 1.1, "x");
 	bench_target(doc, "1x65536: raw binary search / section per 64 (speedup)",
-	             t->r65536 ? ratio_of(&t->r65536->c[c1][V_RAW], &t->r65536->c[c1][V_PER64])
-	                       : -1,
-	             ">=", 2.0, "x");
+		     t->r65536 ? ratio_of(&t->r65536->c[c1][V_RAW], &t->r65536->c[c1][V_PER64])
+			       : -1,
+		     ">=", 2.0, "x");
 	bench_target(doc, "1x1048576: raw binary search / section per 64 (speedup)",
-	             t->r1m ? ratio_of(&t->r1m->c[c1][V_RAW], &t->r1m->c[c1][V_PER64]) : -1, ">=",
-	             3.0, "x");
+		     t->r1m ? ratio_of(&t->r1m->c[c1][V_RAW], &t->r1m->c[c1][V_PER64]) : -1,
+		     ">=", 3.0, "x");
 	bench_target(doc, "10000x100: section per 64 / raw same structure",
-	             t->r10k ? ratio_of(&t->r10k->c[c1][V_PER64], &t->r10k->c[c1][V_SAME]) : -1,
-	             "<=", 1.1, "x");
+		     t->r10k ? ratio_of(&t->r10k->c[c1][V_PER64], &t->r10k->c[c1][V_SAME]) : -1,
+		     "<=", 1.1, "x");
 	bench_target(doc, "1x1024, 2 readers + writer: section per lookup / rwlock (thrpt)",
-	             t->r1024 ? speedup_of(&t->r1024->c[c2w][V_EACH], &t->r1024->c[c2w][V_RWLOCK])
-	                      : -1,
-	             ">=", 4.0, "x");
+		     t->r1024 ? speedup_of(&t->r1024->c[c2w][V_EACH], &t->r1024->c[c2w][V_RWLOCK])
+			      : -1,
+		     ">=", 4.0, "x");
 	bench_target(doc, "1x1024, 2 readers + writer: section per 64 / rwlock (thrpt)",
-	             t->r1024
-	                 ? speedup_of(&t->r1024->c[c2w][V_PER64], &t->r1024->c[c2w][V_RWLOCK])
-	                 : -1,
-	             ">=", 4.0, "x");
+		     t->r1024 ? speedup_of(&t->r1024->c[c2w][V_PER64], &t->r1024->c[c2w][V_RWLOCK])
+			      : -1,
+		     ">=", 4.0, "x");
+	printf("  info  1x1024, 2 readers + writer, throughput against rwlock + same structure "
+	       "(the same work under a lock): section per lookup %.2fx, per 64 %.2fx\n",
+	       t->r1024 ? speedup_of(&t->r1024->c[c2w][V_EACH], &t->r1024->c[c2w][V_RWSAME]) : -1,
+	       t->r1024 ? speedup_of(&t->r1024->c[c2w][V_PER64], &t->r1024->c[c2w][V_RWSAME]) : -1);
 	printf("  info  section per lookup / raw at 1x1024: %.3fx; speedups per lookup at "
 	       "65536: %.2fx, 1048576: %.2fx; 10000x100 per lookup / same: %.3fx\n",
 	       t->r1024 ? ratio_of(&t->r1024->c[c1][V_EACH], &t->r1024->c[c1][V_RAW]) : -1,
@@ -847,10 +894,10 @@ static void report_targets(json_t *doc, const struct target_inputs *t)
 /* ---------------------------------------------------------------- main */
 
 struct lookup_opts {
-	const char *only_shape;   /* --shape NAME */
-	unsigned variants;        /* --variants a,b,...: bit per enum variant (0 = all) */
-	unsigned duration_ms;     /* --duration-ms N */
-	int no_writer;            /* --no-writer */
+	const char *only_shape; /* --shape NAME */
+	unsigned variants;	/* --variants a,b,...: bit per enum variant (0 = all) */
+	unsigned duration_ms;	/* --duration-ms N */
+	int no_writer;		/* --no-writer */
 };
 
 static int extra_opt(void *ctx, const char *arg, const char *val)
@@ -864,14 +911,17 @@ static int extra_opt(void *ctx, const char *arg, const char *val)
 	}
 	if (strcmp(arg, "--variants") == 0) {
 		char buf[128];
-		snprintf(buf, sizeof buf, "%s", val ? val : "");
+		if (val == NULL)
+			bench_die("--variants needs a list");
+		snprintf(buf, sizeof buf, "%s", val);
 		for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
 		     tok = strtok_r(NULL, ",", &save)) {
 			int v = 0;
 			while (v < N_VARIANTS && strcmp(tok, variant_name[v]) != 0)
 				v++;
 			if (v == N_VARIANTS)
-				bench_die("--variants: a list of raw same each per64 rwlock mutex");
+				bench_die("--variants: a list of raw same each per64 rwlock mutex "
+					  "rwsame");
 			lo->variants |= 1u << v;
 		}
 		return 1;
@@ -891,18 +941,21 @@ int main(int argc, char **argv)
 {
 	struct bench_opts o;
 	struct lookup_opts lo = {NULL, 0, 0, 0};
-	bench_parse_args(argc, argv, &o, " [--shape NAME] [--variants raw,same,...] [--duration-ms N]"
-	                                 " [--no-writer]",
-	                 extra_opt, &lo);
+	bench_parse_args(argc, argv, &o,
+			 " [--shape NAME] [--variants raw,same,...] [--duration-ms N]"
+			 " [--no-writer]",
+			 extra_opt, &lo);
 	if (o.runs > 64)
 		bench_die("--runs: at most 64");
 	if (lo.variants == 0)
 		lo.variants = (1u << N_VARIANTS) - 1;
 	const struct shape_def *defs = o.quick ? quick_shapes : full_shapes;
 	size_t n_defs = o.quick ? sizeof quick_shapes / sizeof quick_shapes[0]
-	                        : sizeof full_shapes / sizeof full_shapes[0];
-	uint64_t duration_ns = (uint64_t)(lo.duration_ms ? lo.duration_ms : o.quick ? 20 : 200) *
-	                       1000000u;
+				: sizeof full_shapes / sizeof full_shapes[0];
+	uint64_t duration_ns = (uint64_t)(lo.duration_ms ? lo.duration_ms
+					  : o.quick	 ? 20
+							 : 200) *
+			       1000000u;
 	size_t n_keys = o.quick ? (size_t)1 << 16 : (size_t)1 << 20;
 	uint64_t rng = o.seed;
 
@@ -933,13 +986,15 @@ int main(int argc, char **argv)
 				if (configs[ci].writer && lo.no_writer)
 					continue;
 				for (unsigned k = 0; k < N_VARIANTS; k++) {
-					enum variant v = (k + run) % N_VARIANTS; /* rotate the order */
+					enum variant v =
+					    (k + run) % N_VARIANTS; /* rotate the order */
 					if (!(lo.variants & (1u << v)))
 						continue;
 					if (configs[ci].writer && !variant_allows_writer(v))
 						continue;
 					struct cell *c = &res->c[ci][v];
-					c->run[c->n++] = measure(&s, v, &configs[ci], duration_ns, &rng);
+					c->run[c->n++] =
+					    measure(&s, v, &configs[ci], duration_ns, &rng);
 				}
 			}
 		}

@@ -101,7 +101,7 @@ static inline unsigned long long bench_parse_num(const char *arg, const char *va
 /* Parse the common options (and the benchmark's own through extra, which may be NULL).
  * usage is printed for --help and after an unknown option. */
 static inline void bench_parse_args(int argc, char **argv, struct bench_opts *o, const char *usage,
-                                    bench_extra_opt_fn extra, void *ctx)
+				    bench_extra_opt_fn extra, void *ctx)
 {
 	o->quick = 0;
 	o->runs = 0;
@@ -125,8 +125,8 @@ static inline void bench_parse_args(int argc, char **argv, struct bench_opts *o,
 			o->json_path = v;
 			i++;
 		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			printf("usage: %s [--quick] [--runs N] [--seed N] [--json PATH]%s\n", argv[0],
-			       usage ? usage : "");
+			printf("usage: %s [--quick] [--runs N] [--seed N] [--json PATH]%s\n",
+			       argv[0], usage ? usage : "");
 			exit(0);
 		} else {
 			int taken = extra ? extra(ctx, a, v) : -1;
@@ -152,7 +152,7 @@ static inline uint64_t bench_now_ns(void)
 static inline void bench_sleep_until_ns(uint64_t t_ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(t_ns / 1000000000u),
-	                      .tv_nsec = (long)(t_ns % 1000000000u)};
+			      .tv_nsec = (long)(t_ns % 1000000000u)};
 	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
 	}
 }
@@ -328,7 +328,7 @@ static inline void bench_read_field(const char *path, const char *prefix, char *
 	fclose(f);
 }
 
-/* The 1-minute load average (a quiet machine reads below ~0.3 before a run). */
+/* The 1-minute load average (recorded; it still counts a run that ended a minute ago). */
 static inline double bench_loadavg(void)
 {
 	double l = -1;
@@ -339,6 +339,31 @@ static inline double bench_loadavg(void)
 		fclose(f);
 	}
 	return l;
+}
+
+/* The fraction (0..1) of all CPUs' time spent busy during the next ms milliseconds (from
+ * /proc/stat; -1 if unreadable). Unlike the load average it forgets a finished run at once,
+ * so it tells whether someone else is using the machine right now. */
+static inline double bench_cpu_busy(unsigned ms)
+{
+	unsigned long long v[2][8];
+	for (int k = 0; k < 2; k++) {
+		FILE *f = fopen("/proc/stat", "r");
+		int n =
+		    f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[k][0], &v[k][1],
+			       &v[k][2], &v[k][3], &v[k][4], &v[k][5], &v[k][6], &v[k][7])
+		      : 0;
+		if (f != NULL)
+			fclose(f);
+		if (n != 8)
+			return -1;
+		if (k == 0)
+			bench_sleep_until_ns(bench_now_ns() + (uint64_t)ms * 1000000u);
+	}
+	unsigned long long total = 0, idle = (v[1][3] + v[1][4]) - (v[0][3] + v[0][4]);
+	for (int i = 0; i < 8; i++)
+		total += v[1][i] - v[0][i];
+	return total ? 1.0 - (double)idle / (double)total : -1;
 }
 
 /* A result document: {"bench": name, "quick", "runs", "seed", "machine": {...},
@@ -371,22 +396,25 @@ static inline json_t *bench_json_new(const char *name, const struct bench_opts *
 #else
 	json_object_set_new(m, "optimized", json_false());
 #endif
+	double busy = bench_cpu_busy(500);
 	bench_json_num(m, "loadavg_start", bench_loadavg());
+	bench_json_num(m, "cpu_busy_start", busy);
 	json_object_set_new(doc, "machine", m);
 	json_object_set_new(doc, "results", bench_json_or_die(json_array()));
 	json_object_set_new(doc, "targets", bench_json_or_die(json_array()));
 
-	printf("# %s: cpu \"%s\", %ld cpus, load %.2f, %s build, runs %u%s\n", name, cpu,
-	       sysconf(_SC_NPROCESSORS_ONLN), bench_loadavg(),
+	printf("# %s: cpu \"%s\", %ld cpus, %.0f%% busy before the start, %s build, runs %u%s\n",
+	       name, cpu, sysconf(_SC_NPROCESSORS_ONLN), busy * 100,
 #ifdef __OPTIMIZE__
 	       "optimized",
 #else
 	       "UNOPTIMIZED",
 #endif
 	       o->runs, o->quick ? " (quick: smoke run, figures indicative only)" : "");
-	if (bench_loadavg() > 0.5)
-		printf("# warning: load average %.2f: the machine is busy; figures will be noisy\n",
-		       bench_loadavg());
+	if (busy > 0.1)
+		printf("# warning: the CPUs were %.0f%% busy before the start (someone else is "
+		       "running): figures will be noisy\n",
+		       busy * 100);
 	return doc;
 }
 
@@ -399,7 +427,7 @@ static inline void bench_json_result(json_t *doc, json_t *result)
 /* Check a target and say so: "PASS"/"MISS" (or "SKIP" when value < 0: not measured in
  * this run). op is "<=" or ">=". Prints one line and appends it to doc's targets. */
 static inline int bench_target(json_t *doc, const char *name, double value, const char *op,
-                               double limit, const char *unit)
+			       double limit, const char *unit)
 {
 	const char *verdict;
 	if (value < 0)
@@ -433,6 +461,7 @@ static inline int bench_target(json_t *doc, const char *name, double value, cons
 static inline int bench_json_emit(json_t *doc, const struct bench_opts *o)
 {
 	bench_json_num(json_object_get(doc, "machine"), "loadavg_end", bench_loadavg());
+	bench_json_num(json_object_get(doc, "machine"), "cpu_busy_end", bench_cpu_busy(500));
 	char *line = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6));
 	int rc = 0;
 	if (line == NULL)
@@ -441,7 +470,8 @@ static inline int bench_json_emit(json_t *doc, const struct bench_opts *o)
 	if (o->json_path != NULL) {
 		FILE *f = fopen(o->json_path, "w");
 		if (f == NULL || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0) {
-			fprintf(stderr, "bench: cannot write %s: %s\n", o->json_path, strerror(errno));
+			fprintf(stderr, "bench: cannot write %s: %s\n", o->json_path,
+				strerror(errno));
 			rc = 1;
 		}
 	}
@@ -452,7 +482,7 @@ static inline int bench_json_emit(json_t *doc, const struct bench_opts *o)
 
 /* ---------------------------------------------------------------- map shapes */
 
-#define BENCH_CELLS 16
+#define BENCH_CELLS    16
 #define BENCH_NAME_LEN 24 /* room for "stream-%05u" of any unsigned */
 
 /* A map of n_streams streams ("stream-00000" ...) of n_shards evenly split shards each
@@ -499,10 +529,10 @@ static inline void bench_map_build(struct bench_map *bm, unsigned n_streams, uns
 	for (unsigned s = 0; s < n_streams; s++) {
 		snprintf(bm->stream_names[s], sizeof bm->stream_names[s], "stream-%05u", s);
 		int rc = shardmap_plan_create_stream(bm->m, bm->stream_names[s], SHARDMAP_HASH_XXH3,
-		                                     n_shards, cells, BENCH_CELLS, &d);
+						     n_shards, cells, BENCH_CELLS, &d);
 		if (rc != SHARDMAP_OK)
 			bench_die("plan_create_stream %s: %s", bm->stream_names[s],
-			          shardmap_plan_error());
+				  shardmap_plan_error());
 		bench_map_apply(bm->m, d, "create stream");
 	}
 }
@@ -529,7 +559,7 @@ static inline void bench_copy_str(char *dst, const char *src)
 /* Look up the shard holding h in stream with reader r (opens and closes a section).
  * Returns the shardmap_route_hash result. */
 static inline int bench_shard_at(shardmap_reader *r, const char *stream, shardmap_hash h,
-                                 struct bench_shard *out)
+				 struct bench_shard *out)
 {
 	shardmap_route rt;
 	shardmap_read_begin(r);
