@@ -189,13 +189,56 @@ rank_avx2(const struct bt_node *nd, shardmap_hash h)
 		return c ? nd->ptr[c - 1] : NULL;                                                  \
 	}
 
+/* The node lines a search reads: the hi words, and the pointers it follows. */
+static inline void prefetch_node(const struct bt_node *nd)
+{
+	__builtin_prefetch(&nd->hib[0]);
+	__builtin_prefetch(&nd->hib[BT_WAY / 2]);
+	__builtin_prefetch(&nd->ptr[0]);
+	__builtin_prefetch(&nd->ptr[BT_WAY / 2]);
+}
+
+/* The batched descent (shardmap__btree_find_batch): one level of every walk at a time. The
+ * values are prefetched too: the caller reads each one next (a shard record; 128 bytes cover
+ * what a route reads of it wherever it starts within a line). */
+#define BT_DEFINE_FIND_BATCH(name, rank, attr)                                                     \
+	attr static void name(const struct shardmap__btree *t, const shardmap_hash *hs, size_t n,  \
+			      const void **values)                                                 \
+	{                                                                                          \
+		const struct bt_node *nd[SHARDMAP__BTREE_BATCH];                                   \
+		for (size_t i = 0; i < n; i++)                                                     \
+			nd[i] = t->root;                                                           \
+		if (t->root == NULL) {                                                             \
+			for (size_t i = 0; i < n; i++)                                             \
+				values[i] = NULL;                                                  \
+			return;                                                                    \
+		}                                                                                  \
+		for (unsigned level = t->height; level > 1; level--)                               \
+			for (size_t i = 0; i < n; i++) {                                           \
+				nd[i] = nd[i]->ptr[rank(nd[i], hs[i]) - 1];                        \
+				prefetch_node(nd[i]);                                              \
+			}                                                                          \
+		for (size_t i = 0; i < n; i++) {                                                   \
+			size_t c = rank(nd[i], hs[i]);                                             \
+			values[i] = c ? nd[i]->ptr[c - 1] : NULL;                                  \
+			if (values[i] != NULL) {                                                   \
+				__builtin_prefetch(values[i]);                                     \
+				__builtin_prefetch((const char *)values[i] + 64);                  \
+			}                                                                          \
+		}                                                                                  \
+	}
+
 BT_DEFINE_FIND(find_scalar, rank_scalar, )
+BT_DEFINE_FIND_BATCH(find_batch_scalar, rank_scalar, )
 #ifdef BT_HAVE_AVX2
 BT_DEFINE_FIND(find_avx2, rank_avx2, __attribute__((target("avx2,popcnt"))))
+BT_DEFINE_FIND_BATCH(find_batch_avx2, rank_avx2, __attribute__((target("avx2,popcnt"))))
 #endif
 
 /* Chosen once, before main, from the CPU's features; written again only by the test hook. */
 static const void *(*find_impl)(const struct shardmap__btree *, shardmap_hash) = find_scalar;
+static void (*find_batch_impl)(const struct shardmap__btree *, const shardmap_hash *, size_t,
+			       const void **) = find_batch_scalar;
 
 __attribute__((constructor)) static void btree_select_search(void)
 {
@@ -205,10 +248,12 @@ __attribute__((constructor)) static void btree_select_search(void)
 int shardmap__btree_use_simd(int on)
 {
 	find_impl = find_scalar;
+	find_batch_impl = find_batch_scalar;
 #ifdef BT_HAVE_AVX2
 	__builtin_cpu_init();
 	if (on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
 		find_impl = find_avx2;
+		find_batch_impl = find_batch_avx2;
 		return 1;
 	}
 #endif
@@ -218,6 +263,12 @@ int shardmap__btree_use_simd(int on)
 const void *shardmap__btree_find(const struct shardmap__btree *t, shardmap_hash h)
 {
 	return find_impl(t, h);
+}
+
+void shardmap__btree_find_batch(const struct shardmap__btree *t, const shardmap_hash *hs,
+				size_t n, const void **values)
+{
+	find_batch_impl(t, hs, n, values);
 }
 
 /* ------------------------------------------------------------------ paths */

@@ -24,6 +24,14 @@ struct shardmap__btree {
 /* The value with the greatest start <= h, NULL if none. Thread-safety: any thread on a
  * published or private tree. Blocking: never; no writes. */
 const void *shardmap__btree_find(const struct shardmap__btree *t, shardmap_hash h);
+/* Added by lookup: the most hashes one shardmap__btree_find_batch takes. */
+#define SHARDMAP__BTREE_BATCH 16
+/* values[i] = shardmap__btree_find(t, hs[i]) for i < n (n <= SHARDMAP__BTREE_BATCH). The
+ * walks go down level by level together, each next node (and at the end each value's first
+ * 128 bytes) prefetched while the others are searched, so n walks that miss the cache wait
+ * for memory about as long as one. Thread-safety and blocking: as shardmap__btree_find. */
+void shardmap__btree_find_batch(const struct shardmap__btree *t, const shardmap_hash *hs,
+                                size_t n, const void **values);
 /* The value stored exactly at start, NULL if none. */
 const void *shardmap__btree_get(const struct shardmap__btree *t, shardmap_hash start);
 /* The entry with the smallest start > key (*next_start set), NULL if none. */

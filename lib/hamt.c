@@ -101,12 +101,17 @@ static inline int is_entry_for(const struct hamt_slot *s, const char *key)
 	return s->key != NULL && strcmp(s->key, key) == 0;
 }
 
-const void *shardmap__hamt_get(const struct shardmap__hamt *h, uint64_t hash, const char *key)
+/* The lookup behind get and get_alone. A key found in an entry slot is the only key of its
+ * hash (keys of one full hash share a collision node), so *alone is 1 there, 0 in a
+ * collision node. */
+static inline const void *get(const struct shardmap__hamt *h, uint64_t hash, const char *key,
+			      int *alone)
 {
 	const struct hamt_node *n = h->root;
 	for (unsigned shift = 0; n != NULL; shift += HAMT_BITS) {
 		if (is_collision(n)) {
 			/* A key of another hash can meet this node, but is not in it. */
+			*alone = 0;
 			for (uint32_t i = 0; i < n->count; i++)
 				if (strcmp(n->slot[i].key, key) == 0)
 					return n->slot[i].value;
@@ -121,6 +126,19 @@ const void *shardmap__hamt_get(const struct shardmap__hamt *h, uint64_t hash, co
 		n = s->value;
 	}
 	return NULL;
+}
+
+const void *shardmap__hamt_get(const struct shardmap__hamt *h, uint64_t hash, const char *key)
+{
+	int alone;
+	return get(h, hash, key, &alone);
+}
+
+const void *shardmap__hamt_get_alone(const struct shardmap__hamt *h, uint64_t hash,
+				     const char *key, int *alone)
+{
+	*alone = 1;
+	return get(h, hash, key, alone);
 }
 
 /* ------------------------------------------------------------------ making nodes */

@@ -35,6 +35,12 @@ uint64_t shardmap__hamt_hash(const char *key);
  * private root. Blocking: never. */
 const void *shardmap__hamt_get(const struct shardmap__hamt *h, uint64_t hash, const char *key);
 
+/* As shardmap__hamt_get; when the key is found, *alone says whether it is the only key of
+ * that hash in the trie (1), or shares it with others (0). A reader that remembers a value
+ * by hash alone (lookup.c's memo of cells) may only do so when it is 1. */
+const void *shardmap__hamt_get_alone(const struct shardmap__hamt *h, uint64_t hash,
+                                     const char *key, int *alone);
+
 /* Insert or replace. key must stay valid as long as the entry (it normally points into the
  * value record). *old (may be NULL) gets the replaced value or NULL.
  * Returns 0 or SHARDMAP_ENOMEM (h unchanged as seen by the published version).

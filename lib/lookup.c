@@ -1,26 +1,38 @@
 /*
- * lookup.c - the hot path: route a partition key or an explicit hash key, find a shard by id.
+ * lookup.c - the hot path: route a partition key, a batch of them or an explicit hash key,
+ * find a shard by id.
  *
  * For request-routing front-ends, on their own threads, inside a read section. A lookup
  * loads the published version once (shardmap__reader_version: one ck_pr_load_ptr that pairs
  * with publish's fence and store), finds the stream in the version's directory (HAMT by the
  * name's XXH3-64), the open shard whose range holds the hash (shardmap__btree_find, the
  * greatest start <= hash), and the owner cell in the cell table (HAMT by the shard's
- * precomputed cell_hash). It takes no lock, does no atomic read-modify-write, writes only
- * the caller's *out and allocates nothing. Every pointer it returns points into records of
- * that version, which the section keeps alive until shardmap_read_end.
+ * precomputed cell_hash). It takes no lock, does no atomic read-modify-write and allocates
+ * nothing; it writes only the caller's *out and the reader's own memo.
+ *
+ * The memo (struct shardmap__memo, map_impl.h) remembers the last stream and, by id hash,
+ * the owner cells the reader met in the version it reads, so a run of lookups on one stream
+ * costs one directory walk, and a cell one table walk per version. The memo holds only what
+ * was found in the version the section reads (same publish_seq; emptied otherwise), whose
+ * records the section keeps alive. A cell is remembered only when its id hash is its own in
+ * that version (shardmap__hamt_get_alone): then a shard's cell_hash names it exactly.
+ *
+ * Every pointer a lookup returns points into records of that version, which the section
+ * keeps alive until shardmap_read_end.
  */
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "hashkey.h"
 #include "map_impl.h"
 
-int shardmap__route_answer(const struct shardmap__version *v, const struct shardmap__stream *st,
-                           const struct shardmap__shard *sh, shardmap_route *out)
+/* The public view of shard sh of stream st in version v, owned by cell c. */
+static void fill(const struct shardmap__version *v, const struct shardmap__stream *st,
+		 const struct shardmap__shard *sh, const struct shardmap__cell *c,
+		 shardmap_route *out)
 {
-	const struct shardmap__cell_ent *e =
-	    shardmap__hamt_get(&v->cells, sh->cell_hash, sh->owner_cell);
-	if (e == NULL)
-		return SHARDMAP_ENOENT; /* not reached: apply guarantees every owner exists */
-	const struct shardmap__cell *c = e->cell;
 	out->version = v->version;
 	out->stream = st->name;
 	out->shard_id = sh->id;
@@ -32,27 +44,84 @@ int shardmap__route_answer(const struct shardmap__version *v, const struct shard
 	out->cell_id = c->id;
 	out->endpoints = c->endpoints;
 	out->n_endpoints = c->n_endpoints;
+}
+
+int shardmap__route_answer(const struct shardmap__version *v, const struct shardmap__stream *st,
+			   const struct shardmap__shard *sh, shardmap_route *out)
+{
+	const struct shardmap__cell_ent *e =
+	    shardmap__hamt_get(&v->cells, sh->cell_hash, sh->owner_cell);
+	if (e == NULL)
+		return SHARDMAP_ENOENT; /* not reached: apply guarantees every owner exists */
+	fill(v, st, sh, e->cell, out);
 	return SHARDMAP_OK;
 }
 
-/* The version and stream a lookup works on. */
+/* The owner cell of sh in v (the version the memo holds): from the memo, or the cell table
+ * (then remembered in its set's first way, the others moving down one). NULL only if the
+ * owner is missing, which apply never allows. */
+static const struct shardmap__cell *owner_of(shardmap_reader *r, const struct shardmap__version *v,
+					     const struct shardmap__shard *sh)
+{
+	struct shardmap__memo_cell *set = r->memo.cell[sh->cell_hash % SHARDMAP__MEMO_SETS];
+	for (int w = 0; w < SHARDMAP__MEMO_WAYS; w++)
+		if (set[w].id_hash == sh->cell_hash && set[w].cell != NULL)
+			return set[w].cell;
+	int alone;
+	const struct shardmap__cell_ent *e =
+	    shardmap__hamt_get_alone(&v->cells, sh->cell_hash, sh->owner_cell, &alone);
+	if (e == NULL)
+		return NULL;
+	if (alone) {
+		memmove(set + 1, set, (SHARDMAP__MEMO_WAYS - 1) * sizeof *set);
+		set[0] = (struct shardmap__memo_cell){sh->cell_hash, e->cell};
+	}
+	return e->cell;
+}
+
+static int answer(shardmap_reader *r, const struct shardmap__version *v,
+		  const struct shardmap__stream *st, const struct shardmap__shard *sh,
+		  shardmap_route *out)
+{
+	const struct shardmap__cell *c = owner_of(r, v, sh);
+	if (c == NULL)
+		return SHARDMAP_ENOENT; /* not reached: apply guarantees every owner exists */
+	fill(v, st, sh, c, out);
+	return SHARDMAP_OK;
+}
+
+/* The version and stream a lookup works on: the memo's stream when it is the one asked for,
+ * else the directory's (then remembered). A memo of another version is emptied first. */
 static int stream_of(shardmap_reader *r, const char *stream, const struct shardmap__version **v,
 		     const struct shardmap__stream **st)
 {
-	*v = shardmap__reader_version(r);
-	if (*v == NULL)
+	const struct shardmap__version *cur = shardmap__reader_version(r);
+	if (cur == NULL)
 		return SHARDMAP_ENOTREADY;
-	*st = shardmap__version_stream(*v, stream);
-	return *st ? SHARDMAP_OK : SHARDMAP_ENOENT;
+	*v = cur;
+	struct shardmap__memo *m = &r->memo;
+	if (__builtin_expect(m->seq != cur->publish_seq, 0)) {
+		memset(m, 0, sizeof *m);
+		m->seq = cur->publish_seq;
+	}
+	if (m->stream != NULL && strcmp(m->stream->name, stream) == 0) {
+		*st = m->stream;
+		return SHARDMAP_OK;
+	}
+	*st = shardmap__version_stream(cur, stream);
+	if (*st == NULL)
+		return SHARDMAP_ENOENT;
+	m->stream = *st;
+	return SHARDMAP_OK;
 }
 
-static int route(const struct shardmap__version *v, const struct shardmap__stream *st,
-		 shardmap_hash h, shardmap_route *out)
+static int route(shardmap_reader *r, const struct shardmap__version *v,
+		 const struct shardmap__stream *st, shardmap_hash h, shardmap_route *out)
 {
 	const struct shardmap__shard *sh = shardmap__btree_find(&st->open, h);
 	if (sh == NULL)
 		return SHARDMAP_ENOENT; /* not reached: open shards cover the whole space */
-	return shardmap__route_answer(v, st, sh, out);
+	return answer(r, v, st, sh, out);
 }
 
 int shardmap_route_hash(shardmap_reader *r, const char *stream, shardmap_hash h,
@@ -63,7 +132,7 @@ int shardmap_route_hash(shardmap_reader *r, const char *stream, shardmap_hash h,
 	const struct shardmap__version *v;
 	const struct shardmap__stream *st;
 	int rc = stream_of(r, stream, &v, &st);
-	return rc ? rc : route(v, st, h, out);
+	return rc ? rc : route(r, v, st, h, out);
 }
 
 int shardmap_route_key(shardmap_reader *r, const char *stream, const void *key, size_t key_len,
@@ -77,9 +146,51 @@ int shardmap_route_key(shardmap_reader *r, const char *stream, const void *key, 
 	if (rc != 0)
 		return rc;
 	shardmap_hash h;
-	if ((rc = shardmap__hash_key(st->hash_fn, key, key_len, &h)) != 0)
+	if ((rc = shardmap__hash_key_inline(st->hash_fn, key, key_len, &h)) != 0)
 		return rc;
-	return route(v, st, h, out);
+	return route(r, v, st, h, out);
+}
+
+/* Route one group of at most SHARDMAP__BTREE_BATCH keys: hash them all, walk the tree for
+ * all of them together, then answer each (its record was prefetched by the walk). */
+static int route_group(shardmap_reader *r, const struct shardmap__version *v,
+		       const struct shardmap__stream *st, const shardmap_key *keys, size_t n,
+		       shardmap_route *out)
+{
+	shardmap_hash hs[SHARDMAP__BTREE_BATCH];
+	const void *found[SHARDMAP__BTREE_BATCH];
+	for (size_t i = 0; i < n; i++) {
+		int rc = shardmap__hash_key_inline(st->hash_fn, keys[i].data, keys[i].len, &hs[i]);
+		if (rc != 0)
+			return rc;
+	}
+	shardmap__btree_find_batch(&st->open, hs, n, found);
+	for (size_t i = 0; i < n; i++) {
+		if (found[i] == NULL)
+			return SHARDMAP_ENOENT; /* not reached: open shards cover the whole space */
+		int rc = answer(r, v, st, found[i], &out[i]);
+		if (rc != 0)
+			return rc;
+	}
+	return SHARDMAP_OK;
+}
+
+int shardmap_route_keys(shardmap_reader *r, const char *stream, const shardmap_key *keys,
+			size_t n, shardmap_route *out)
+{
+	if (r == NULL || stream == NULL || (n > 0 && (keys == NULL || out == NULL)))
+		return SHARDMAP_EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (keys[i].data == NULL && keys[i].len != 0)
+			return SHARDMAP_EINVAL;
+	const struct shardmap__version *v;
+	const struct shardmap__stream *st;
+	int rc = stream_of(r, stream, &v, &st);
+	for (size_t i = 0; rc == 0 && i < n; i += SHARDMAP__BTREE_BATCH) {
+		size_t group = n - i < SHARDMAP__BTREE_BATCH ? n - i : SHARDMAP__BTREE_BATCH;
+		rc = route_group(r, v, st, keys + i, group, out + i);
+	}
+	return rc;
 }
 
 int shardmap_find_shard(shardmap_reader *r, const char *stream, const char *shard_id,
@@ -93,5 +204,5 @@ int shardmap_find_shard(shardmap_reader *r, const char *stream, const char *shar
 	if (rc != 0)
 		return rc;
 	const struct shardmap__shard *sh = shardmap__stream_shard(st, shard_id);
-	return sh ? shardmap__route_answer(v, st, sh, out) : SHARDMAP_ENOENT;
+	return sh ? answer(r, v, st, sh, out) : SHARDMAP_ENOENT;
 }

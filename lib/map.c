@@ -252,6 +252,8 @@ int shardmap_reader_open(shardmap *m, shardmap_reader **out)
 		pthread_mutex_unlock(&m->readers_lock);
 		ck_epoch_register(&m->epoch, &r->record, NULL);
 	}
+	/* A recycled handle's memo is tagged with publish_seqs and so harmless, but start clean. */
+	memset(&r->memo, 0, sizeof r->memo);
 #ifndef NDEBUG
 	r->in_section = 0;
 #endif
@@ -360,6 +362,7 @@ static void publish(shardmap *m, struct shardmap__version *nv, struct retired *r
 	/* Only writers store m->current, and we hold write_lock: a plain read is exact. */
 	struct shardmap__version *old = m->current;
 	nv->published_unix_ns = clock_ns(CLOCK_REALTIME);
+	nv->publish_seq = ++m->publishes;
 	SHARDMAP__TSAN_RELEASE(nv);
 	/* Orders every store that built nv (its records, nodes and the struct itself) before
 	 * the pointer store; pairs with the ck_pr_load_ptr in shardmap__reader_version, whose

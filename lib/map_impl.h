@@ -30,6 +30,7 @@ struct shardmap {
 	struct shardmap__version *current CK_CC_CACHELINE;
 	ck_epoch_t epoch;
 	uint64_t version_number; /* current->version, for shardmap_version (ck_pr_*_64) */
+	uint64_t publishes;      /* versions published so far (write_lock held; see publish_seq) */
 
 	/* Writers: everything below the lock is touched with it held, unless noted. */
 	pthread_mutex_t write_lock CK_CC_CACHELINE;
@@ -54,6 +55,26 @@ struct shardmap {
 	struct shardmap__ext_stats ext;
 };
 
+/* The reader's memo of cells: sets picked by the cell id's hash, four cells a set (the one
+ * found last first), so a few dozen owner cells do not push each other out. */
+#define SHARDMAP__MEMO_SETS 64
+#define SHARDMAP__MEMO_WAYS 4
+
+/* What a reader's recent lookups found, so that a run of lookups on one stream and a few
+ * owner cells skips the stream directory and the cell table (lookup.c). Read and written
+ * only by the reader's own thread: nothing shared is written. It holds what was found in
+ * the version whose publish_seq is `seq`, and is emptied when a section reads another one,
+ * so it is used only while the section keeps those records alive (publish_seq is never
+ * reused, so a later version at a recycled address cannot pass for it). */
+struct shardmap__memo {
+	uint64_t seq; /* 0: empty (publish_seq starts at 1) */
+	const struct shardmap__stream *stream; /* NULL: none */
+	struct shardmap__memo_cell {
+		uint64_t id_hash;
+		const struct shardmap__cell *cell; /* NULL: empty; else the only cell of id_hash */
+	} cell[SHARDMAP__MEMO_SETS][SHARDMAP__MEMO_WAYS];
+};
+
 struct shardmap_reader {
 	ck_epoch_record_t record; /* first, cache-line aligned: recycled through the epoch */
 	shardmap *map;
@@ -61,6 +82,9 @@ struct shardmap_reader {
 #ifndef NDEBUG
 	int in_section; /* owner thread only: lets debug builds catch lookups outside one */
 #endif
+	/* On lines of its own: the writer reads `record` when it polls the epoch, and the
+	 * lookups' writes here must not pull that line away from it. */
+	struct shardmap__memo memo CK_CC_CACHELINE;
 };
 
 /* The version a lookup works on. Call inside a read section (asserted in debug builds).

@@ -66,6 +66,9 @@ struct shardmap__version {
 	struct shardmap__hamt cells;   /* id -> struct shardmap__cell_ent */
 	uint64_t n_streams, n_open, n_closed, n_cells;
 	uint64_t published_unix_ns;
+	uint64_t publish_seq;          /* added by lookup: set by publish, unique per publish of
+	                                  a map (1, 2, ...), so a reader's memo can tell this
+	                                  version from any other, even one at the same address */
 };
 
 /* Iterate a version in canonical order (cells by id, streams by name, shards by id) as one

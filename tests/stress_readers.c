@@ -1,5 +1,6 @@
 /*
- * stress_readers.c - readers route keys non-stop while one writer publishes a long stream of
+ * stress_readers.c - readers route keys non-stop (one call per key, or every other section
+ * one shardmap_route_keys call for all its keys) while one writer publishes a long stream of
  * random Kinesis batches (split, merge, move) plus cell endpoint changes and deletions of
  * closed shards. A plain executable (suite "stress") so it also runs under ThreadSanitizer.
  *
@@ -144,17 +145,26 @@ static void *reader_main(void *arg)
 	uint64_t last_version = 0;
 	while (!atomic_load_explicit(&stop, memory_order_acquire)) {
 		int n = 1 + (int)(next_rand(&rd->seed) % 32); /* lookups in this section */
-		shardmap_read_begin(r);
+		/* every other section routes its keys in one shardmap_route_keys call */
+		int batched = rd->sections % 2 == 1;
+		char keys[32][32];
+		shardmap_key batch[32];
+		shardmap_route rts[32];
 		for (int i = 0; i < n; i++) {
-			char key[32];
-			int len = snprintf(key, sizeof key, "k%llx",
+			int len = snprintf(keys[i], sizeof keys[i], "k%llx",
 					   (unsigned long long)next_rand(&rd->seed));
-			shardmap_route rt;
-			int rc = shardmap_route_key(r, STREAM, key, (size_t)len, &rt);
-			if (rc != 0)
+			batch[i] = (shardmap_key){keys[i], (size_t)len};
+		}
+		shardmap_read_begin(r);
+		int rc = batched ? shardmap_route_keys(r, STREAM, batch, (size_t)n, rts) : 0;
+		if (rc != 0)
+			FAIL(rd, "route_keys: %s", shardmap_strerror(rc));
+		for (int i = 0; rc == 0 && i < n; i++) {
+			if (!batched &&
+			    (rc = shardmap_route_key(r, STREAM, keys[i], batch[i].len, &rts[i])) != 0)
 				FAIL(rd, "route_key: %s", shardmap_strerror(rc));
 			else
-				check_answer(rd, r, key, (size_t)len, &rt, &last_version);
+				check_answer(rd, r, keys[i], batch[i].len, &rts[i], &last_version);
 			rd->lookups++;
 		}
 		shardmap_read_end(r);

@@ -275,6 +275,9 @@ Test(hamt, forced_equal_hashes)
 	cr_assert_eq(shardmap__hamt_get(&h, H, "c"), value_of(3));
 	cr_assert_null(shardmap__hamt_get(&h, H, "d"));
 	cr_assert_null(shardmap__hamt_get(&h, H2, "d"), "another hash meets the collision node");
+	int alone = -1;
+	cr_assert_eq(shardmap__hamt_get_alone(&h, H, "b", &alone), value_of(2));
+	cr_assert_eq(alone, 0, "b shares its hash with a and c");
 
 	/* A different hash reaching the collision node pushes it down; then remove again. */
 	shardmap__txn_init(&tx, &f.mem);
@@ -284,6 +287,8 @@ Test(hamt, forced_equal_hashes)
 	cr_assert_eq(old, value_of(2));
 	cr_assert_eq(shardmap__hamt_get(&h, H2, "d"), value_of(4));
 	cr_assert_eq(shardmap__hamt_get(&h, H, "b"), value_of(5));
+	cr_assert_eq(shardmap__hamt_get_alone(&h, H2, "d", &alone), value_of(4));
+	cr_assert_eq(alone, 1, "d's hash differs from every other key's");
 	cr_assert_eq(shardmap__hamt_del(&tx, &h, H, "d", NULL), SHARDMAP_ENOENT);
 	cr_assert_eq(shardmap__hamt_del(&tx, &h, H2, "a", NULL), SHARDMAP_ENOENT);
 	cr_assert_eq(shardmap__hamt_del(&tx, &h, H, "a", &old), 0);
@@ -295,6 +300,8 @@ Test(hamt, forced_equal_hashes)
 	cr_assert_eq(shardmap__hamt_check(&h), 0, "deep chain collapses");
 	cr_assert_eq(h.count, 1);
 	cr_assert_eq(shardmap__hamt_get(&h, H, "b"), value_of(5));
+	cr_assert_eq(shardmap__hamt_get_alone(&h, H, "b", &alone), value_of(5));
+	cr_assert_eq(alone, 1, "the last key of the collision is alone again");
 	cr_assert_eq(shardmap__hamt_del(&tx, &h, H, "b", NULL), 0);
 	cr_assert_null(h.root);
 	cr_assert_eq(shardmap__hamt_del(&tx, &h, H, "b", NULL), SHARDMAP_ENOENT);

@@ -325,3 +325,171 @@ Test(lookup, outside_a_section_asserts, .signal = SIGABRT)
 	shardmap_route_hash(r, "x", ZERO, &rt);
 }
 #endif
+
+/* ---------------------------------------------------------------- batches and the memo */
+
+static void assert_same_route(const shardmap_route *a, const shardmap_route *b)
+{
+	cr_assert_eq(a->version, b->version);
+	cr_assert_eq(a->stream, b->stream, "the same record");
+	cr_assert_eq(a->shard_id, b->shard_id, "the same record");
+	cr_assert(shardmap_hash_cmp(a->start, b->start) == 0);
+	cr_assert(shardmap_hash_cmp(a->end, b->end) == 0);
+	cr_assert_eq(a->open, b->open);
+	cr_assert_eq(a->parent, b->parent);
+	cr_assert_eq(a->adjacent_parent, b->adjacent_parent);
+	cr_assert_eq(a->cell_id, b->cell_id, "the same cell record");
+	cr_assert_eq(a->endpoints, b->endpoints);
+	cr_assert_eq(a->n_endpoints, b->n_endpoints);
+}
+
+#define BATCH_KEYS 100 /* more than one group of 16, and not a multiple of it */
+
+/* keys of 0 .. 99 bytes: "", "k", "kk", ... with a varying tail */
+static void make_keys(char buf[BATCH_KEYS][BATCH_KEYS], shardmap_key *keys)
+{
+	for (size_t i = 0; i < BATCH_KEYS; i++) {
+		memset(buf[i], 'k', i);
+		if (i > 0)
+			buf[i][i - 1] = (char)('0' + i % 10);
+		keys[i] = (shardmap_key){i ? buf[i] : NULL, i};
+	}
+}
+
+/* Every key of a batch routes exactly as shardmap_route_key routes it, on stream `stream`. */
+static void check_batch(shardmap *map, const char *stream)
+{
+	static char buf[BATCH_KEYS][BATCH_KEYS];
+	shardmap_key keys[BATCH_KEYS];
+	shardmap_route batch[BATCH_KEYS], one;
+	make_keys(buf, keys);
+	shardmap_reader *r;
+	cr_assert_eq(shardmap_reader_open(map, &r), 0);
+	shardmap_read_begin(r);
+	for (size_t n = 0; n <= BATCH_KEYS; n += n < 20 ? 1 : 40) {
+		cr_assert_eq(shardmap_route_keys(r, stream, keys, n, batch), 0);
+		for (size_t i = 0; i < n; i++) {
+			cr_assert_eq(shardmap_route_key(r, stream, keys[i].data, keys[i].len, &one),
+				     0);
+			assert_same_route(&batch[i], &one);
+		}
+	}
+	shardmap_read_end(r);
+	shardmap_reader_close(r);
+}
+
+Test(lookup, route_keys_answers_as_route_key)
+{
+	check_batch(m, "x");
+	check_batch(m, "k"); /* MD5 */
+}
+
+Test(big, route_keys_on_a_tall_tree)
+{
+	/* 70,000 shards: a B+-tree of five levels, so the batched walk descends through inner
+	 * levels together; owners over three cells. */
+	shardmap *big;
+	cr_assert_eq(shardmap_open(&big, NULL), 0);
+	shardmap_delta *d;
+	cr_assert_eq(shardmap_delta_new(0, 1, &d), 0);
+	const char *eps[] = {"h:1"};
+	const char *owners[] = {"c0", "c1", "c2"};
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(shardmap_delta_put_cell(d, owners[i], eps, 1), 0);
+	cr_assert_eq(shardmap_apply(big, d, NULL), 0);
+	shardmap_delta_free(d);
+	cr_assert_eq(shardmap_plan_create_stream(big, "s", SHARDMAP_HASH_XXH3, 70000, owners, 3, &d),
+		     0);
+	cr_assert_eq(shardmap_apply(big, d, NULL), 0);
+	shardmap_delta_free(d);
+	check_batch(big, "s");
+	shardmap_close(big);
+}
+
+Test(lookup, route_keys_errors_change_nothing)
+{
+	shardmap_reader *r;
+	cr_assert_eq(shardmap_reader_open(m, &r), 0);
+	shardmap_read_begin(r);
+	shardmap_key keys[2] = {{"a", 1}, {"b", 1}};
+	shardmap_route out[2], before;
+	memset(out, 0x5a, sizeof out);
+	memcpy(&before, &out[0], sizeof before);
+	cr_assert_eq(shardmap_route_keys(NULL, "x", keys, 2, out), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap_route_keys(r, NULL, keys, 2, out), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap_route_keys(r, "x", NULL, 2, out), SHARDMAP_EINVAL);
+	cr_assert_eq(shardmap_route_keys(r, "x", keys, 2, NULL), SHARDMAP_EINVAL);
+	shardmap_key bad[2] = {{"a", 1}, {NULL, 3}};
+	cr_assert_eq(shardmap_route_keys(r, "x", bad, 2, out), SHARDMAP_EINVAL,
+		     "NULL data with a length");
+	cr_assert_eq(shardmap_route_keys(r, "nope", keys, 2, out), SHARDMAP_ENOENT);
+	cr_assert_eq(memcmp(&out[0], &before, sizeof before), 0, "out untouched");
+	cr_assert_eq(memcmp(&out[1], &before, sizeof before), 0, "out untouched");
+	cr_assert_eq(shardmap_route_keys(r, "x", NULL, 0, NULL), 0, "nothing to route");
+	cr_assert_eq(shardmap_route_keys(r, "nope", NULL, 0, NULL), SHARDMAP_ENOENT,
+		     "the stream is still checked");
+	shardmap_read_end(r);
+	shardmap_reader_close(r);
+
+	shardmap *e;
+	cr_assert_eq(shardmap_open(&e, NULL), 0);
+	cr_assert_eq(shardmap_reader_open(e, &r), 0);
+	shardmap_read_begin(r);
+	cr_assert_eq(shardmap_route_keys(r, "x", keys, 2, out), SHARDMAP_ENOTREADY);
+	shardmap_read_end(r);
+	shardmap_reader_close(r);
+	shardmap_close(e);
+}
+
+/* Apply one delta from the current version to the next. */
+static void apply_next(shardmap_delta *d)
+{
+	shardmap_error why;
+	cr_assert_eq(shardmap_apply(m, d, &why), 0, "%s", why.message);
+	shardmap_delta_free(d);
+}
+
+Test(lookup, memo_never_answers_from_an_older_version)
+{
+	shardmap_reader *r;
+	cr_assert_eq(shardmap_reader_open(m, &r), 0);
+	shardmap_route rt;
+	shardmap_key key = {"", 0};
+	shardmap_read_begin(r);
+	cr_assert_eq(shardmap_route_hash(r, "x", ZERO, &rt), 0);
+	cr_assert_str_eq(rt.cell_id, "a");
+	cr_assert_eq(rt.n_endpoints, 2);
+	cr_assert_eq(shardmap_route_hash(r, "k", ZERO, &rt), 0, "the memo swaps streams");
+	cr_assert_str_eq(rt.shard_id, "only");
+	cr_assert_eq(shardmap_route_hash(r, "x", ZERO, &rt), 0);
+	cr_assert_str_eq(rt.shard_id, "x-0");
+
+	/* Cell a gets new endpoints, published while the section runs: the next lookup reads
+	 * the new version, so neither the memo's cell nor its stream may answer. */
+	shardmap_delta *d;
+	cr_assert_eq(shardmap_delta_new(1, 2, &d), 0);
+	const char *ea[] = {"a9.example:9000"};
+	cr_assert_eq(shardmap_delta_put_cell(d, "a", ea, 1), 0);
+	apply_next(d);
+	cr_assert_eq(shardmap_route_hash(r, "x", ZERO, &rt), 0);
+	cr_assert_eq(rt.version, 2);
+	cr_assert_eq(rt.n_endpoints, 1);
+	cr_assert_str_eq(rt.endpoints[0], "a9.example:9000");
+	shardmap_read_end(r);
+
+	/* Stream x is replaced by one of the same name with one shard owned by b. */
+	cr_assert_eq(shardmap_delta_new(2, 3, &d), 0);
+	cr_assert_eq(shardmap_delta_delete_stream(d, "x"), 0);
+	cr_assert_eq(shardmap_delta_put_stream(d, "x", SHARDMAP_HASH_XXH3), 0);
+	add_shard(d, "x", "fresh", ZERO, MAXH, 1, "b", NULL, NULL);
+	apply_next(d);
+	shardmap_read_begin(r);
+	shardmap_route batch[1];
+	cr_assert_eq(shardmap_route_keys(r, "x", &key, 1, batch), 0);
+	cr_assert_str_eq(batch[0].shard_id, "fresh");
+	cr_assert_str_eq(batch[0].cell_id, "b");
+	cr_assert_eq(shardmap_route_key(r, "x", "any", 3, &rt), 0);
+	cr_assert_str_eq(rt.shard_id, "fresh");
+	shardmap_read_end(r);
+	shardmap_reader_close(r);
+}
