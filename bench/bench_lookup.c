@@ -372,8 +372,10 @@ static uint64_t run_batches(struct reader *rd, size_t i0)
 	shardmap_key keys[CHUNK];
 	shardmap_route rt[CHUNK];
 	uint64_t sum = 0;
-	for (size_t i = 0; i < CHUNK; i++)
+	for (size_t i = 0; i < CHUNK; i++) {
 		keys[i].data = bench_key(&s->keys, i0 + i, &keys[i].len);
+		keys[i].explicit_hash = NULL;
+	}
 	for (size_t run = 0; run < CHUNK;) {
 		size_t end = run + 1;
 		while (end < CHUNK && s->key_stream[i0 + end] == s->key_stream[i0 + run])

@@ -37,7 +37,7 @@ static void route_keys(shardmap *m, shardmap_reader *r)
 	shardmap_key keys[N];
 	shardmap_route rt[N];
 	for (size_t i = 0; i < N; i++)
-		keys[i] = (shardmap_key){names[i], strlen(names[i])};
+		keys[i] = (shardmap_key){.data = names[i], .len = strlen(names[i])};
 	shardmap_read_begin(r);
 	int rc = shardmap_route_keys(r, "orders", keys, N, rt);
 	if (rc != 0)

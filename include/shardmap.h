@@ -189,16 +189,20 @@ SHARDMAP_API void shardmap_read_end(shardmap_reader *r);
  * Thread-safety: reader thread only. Blocking: never. */
 SHARDMAP_API int shardmap_route_key(shardmap_reader *r, const char *stream, const void *key,
                                     size_t key_len, shardmap_route *out);
-/* One partition key of a batch: len bytes at data (data may be NULL only when len is 0). */
+/* One record of a batch, as a Kinesis PutRecords entry names it: a partition key of len
+ * bytes at data (data may be NULL only when len is 0), and optionally an explicit hash key
+ * that overrides the key's hash (ExplicitHashKey; NULL: hash the key). */
 typedef struct shardmap_key {
 	const void *data;
 	size_t len;
+	const shardmap_hash *explicit_hash;
 } shardmap_key;
 
 /* Route n partition keys of one stream at once (a Kinesis PutRecords batch): out[i] gets
  * exactly what shardmap_route_key would give for keys[i] in this section. On big streams it
  * is several times faster per key than n single calls: the keys' tree walks go down
- * together, so their cache misses overlap instead of adding up. Call inside a read section.
+ * together, so their cache misses overlap instead of adding up. A key with an explicit
+ * hash routes as shardmap_route_hash would route that hash. Call inside a read section.
  * Returns: 0 (out[0..n-1] filled); SHARDMAP_EINVAL (r or stream NULL, keys or out NULL with
  * n > 0, or a key with NULL data and len > 0: out untouched); SHARDMAP_ENOTREADY;
  * SHARDMAP_ENOENT (unknown stream: out untouched); SHARDMAP_ENOMEM (an MD5 context could not

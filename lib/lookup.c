@@ -151,8 +151,9 @@ int shardmap_route_key(shardmap_reader *r, const char *stream, const void *key, 
 	return route(r, v, st, h, out);
 }
 
-/* Route one group of at most SHARDMAP__BTREE_BATCH keys: hash them all, walk the tree for
- * all of them together, then answer each (its record was prefetched by the walk). */
+/* Route one group of at most SHARDMAP__BTREE_BATCH keys: hash them all (or take their
+ * explicit hashes), walk the tree for all of them together, then answer each (its record
+ * was prefetched by the walk). */
 static int route_group(shardmap_reader *r, const struct shardmap__version *v,
 		       const struct shardmap__stream *st, const shardmap_key *keys, size_t n,
 		       shardmap_route *out)
@@ -160,6 +161,10 @@ static int route_group(shardmap_reader *r, const struct shardmap__version *v,
 	shardmap_hash hs[SHARDMAP__BTREE_BATCH];
 	const void *found[SHARDMAP__BTREE_BATCH];
 	for (size_t i = 0; i < n; i++) {
+		if (keys[i].explicit_hash != NULL) {
+			hs[i] = *keys[i].explicit_hash;
+			continue;
+		}
 		int rc = shardmap__hash_key_inline(st->hash_fn, keys[i].data, keys[i].len, &hs[i]);
 		if (rc != 0)
 			return rc;

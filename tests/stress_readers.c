@@ -153,7 +153,7 @@ static void *reader_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			int len = snprintf(keys[i], sizeof keys[i], "k%llx",
 					   (unsigned long long)next_rand(&rd->seed));
-			batch[i] = (shardmap_key){keys[i], (size_t)len};
+			batch[i] = (shardmap_key){.data = keys[i], .len = (size_t)len};
 		}
 		shardmap_read_begin(r);
 		int rc = batched ? shardmap_route_keys(r, STREAM, batch, (size_t)n, rts) : 0;

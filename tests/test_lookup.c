@@ -352,7 +352,7 @@ static void make_keys(char buf[BATCH_KEYS][BATCH_KEYS], shardmap_key *keys)
 		memset(buf[i], 'k', i);
 		if (i > 0)
 			buf[i][i - 1] = (char)('0' + i % 10);
-		keys[i] = (shardmap_key){i ? buf[i] : NULL, i};
+		keys[i] = (shardmap_key){.data = i ? buf[i] : NULL, .len = i};
 	}
 }
 
@@ -384,6 +384,35 @@ Test(lookup, route_keys_answers_as_route_key)
 	check_batch(m, "k"); /* MD5 */
 }
 
+Test(lookup, route_keys_takes_explicit_hashes)
+{
+	shardmap_reader *r;
+	cr_assert_eq(shardmap_reader_open(m, &r), 0);
+	shardmap_read_begin(r);
+	/* every range edge, each behind a key whose own hash would route elsewhere or not */
+	shardmap_hash hs[2 * N_SHARDS];
+	shardmap_key keys[2 * N_SHARDS];
+	shardmap_route out[2 * N_SHARDS], one;
+	for (size_t i = 0; i < N_SHARDS; i++) {
+		hs[2 * i] = starts[i];
+		hs[2 * i + 1] = i + 1 < N_SHARDS ? minus1(starts[i + 1]) : MAXH;
+	}
+	for (size_t i = 0; i < 2 * N_SHARDS; i++)
+		keys[i] = (shardmap_key){"same-key", 8, i % 3 ? &hs[i] : NULL};
+	cr_assert_eq(shardmap_route_keys(r, "x", keys, 2 * N_SHARDS, out), 0);
+	for (size_t i = 0; i < 2 * N_SHARDS; i++) {
+		if (keys[i].explicit_hash != NULL) {
+			cr_assert_eq(shardmap_route_hash(r, "x", hs[i], &one), 0);
+			cr_assert(in_range(hs[i], &out[i]), "key %zu routes by its explicit hash", i);
+		} else {
+			cr_assert_eq(shardmap_route_key(r, "x", "same-key", 8, &one), 0);
+		}
+		assert_same_route(&out[i], &one);
+	}
+	shardmap_read_end(r);
+	shardmap_reader_close(r);
+}
+
 Test(big, route_keys_on_a_tall_tree)
 {
 	/* 70,000 shards: a B+-tree of five levels, so the batched walk descends through inner
@@ -411,7 +440,7 @@ Test(lookup, route_keys_errors_change_nothing)
 	shardmap_reader *r;
 	cr_assert_eq(shardmap_reader_open(m, &r), 0);
 	shardmap_read_begin(r);
-	shardmap_key keys[2] = {{"a", 1}, {"b", 1}};
+	shardmap_key keys[2] = {{.data = "a", .len = 1}, {.data = "b", .len = 1}};
 	shardmap_route out[2], before;
 	memset(out, 0x5a, sizeof out);
 	memcpy(&before, &out[0], sizeof before);
@@ -419,7 +448,7 @@ Test(lookup, route_keys_errors_change_nothing)
 	cr_assert_eq(shardmap_route_keys(r, NULL, keys, 2, out), SHARDMAP_EINVAL);
 	cr_assert_eq(shardmap_route_keys(r, "x", NULL, 2, out), SHARDMAP_EINVAL);
 	cr_assert_eq(shardmap_route_keys(r, "x", keys, 2, NULL), SHARDMAP_EINVAL);
-	shardmap_key bad[2] = {{"a", 1}, {NULL, 3}};
+	shardmap_key bad[2] = {{.data = "a", .len = 1}, {.data = NULL, .len = 3}};
 	cr_assert_eq(shardmap_route_keys(r, "x", bad, 2, out), SHARDMAP_EINVAL,
 		     "NULL data with a length");
 	cr_assert_eq(shardmap_route_keys(r, "nope", keys, 2, out), SHARDMAP_ENOENT);
@@ -454,7 +483,7 @@ Test(lookup, memo_never_answers_from_an_older_version)
 	shardmap_reader *r;
 	cr_assert_eq(shardmap_reader_open(m, &r), 0);
 	shardmap_route rt;
-	shardmap_key key = {"", 0};
+	shardmap_key key = {.data = "", .len = 0};
 	shardmap_read_begin(r);
 	cr_assert_eq(shardmap_route_hash(r, "x", ZERO, &rt), 0);
 	cr_assert_str_eq(rt.cell_id, "a");
