@@ -12,12 +12,19 @@
  * input gets SHARDMAP_ECORRUPT and a message naming the field and offset; an incomplete one
  * gets the "need more bytes" answer so stream readers (journal, peer sockets) can wait.
  * Encoding is canonical: decode(x) re-encodes to exactly x (the fuzz target checks this).
+ *
+ * Snapshot loaders, which read a record into a buffer of their own only to decode it, use
+ * the same decoder in place (shardmap__codec_decode_in_place): each string is moved one byte
+ * down over its length byte and NUL-terminated in the byte its last character left, so the
+ * delta points into the buffer instead of holding millions of small copies, and its op array
+ * comes from shardmap__big_alloc (huge pages). The checksum is checked before anything moves.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
 
 #include "codec.h"
+#include "mem.h"
 
 static const uint8_t codec_magic[4] = {'S', 'M', 'A', 'P'};
 #define CODEC_FORMAT	    1u
@@ -232,12 +239,12 @@ int shardmap__codec_encode(const shardmap_delta *d, uint8_t **buf, size_t *len)
 
 /* ---------------------------------------------------------------- framing */
 
-/* Check the frame at buf: header fields, length limit, completeness, checksum, the fixed
- * body fields. On success *body and *body_len describe the body and *consumed the record. */
-static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, size_t *body_len,
-		       size_t *consumed, shardmap_error *why)
+/* Check the header at buf and the record length it gives: magic, format, flags, header
+ * check, length limits. Returns 0 with *total = the record's length (maybe more than len:
+ * then the caller decides whether that is "need more bytes" or a truncated file), or
+ * ENOENT / ECORRUPT as shardmap__codec_decode. */
+static int header_ok(const uint8_t *buf, size_t len, size_t *total, shardmap_error *why)
 {
-	*consumed = 0;
 	if (len == 0)
 		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
 					   "incomplete record: no bytes yet");
@@ -272,13 +279,37 @@ static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, siz
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
 					   "body length %u at offset 8 is below the minimum %u",
 					   blen, BODY_FIXED);
-	size_t total = SHARDMAP__CODEC_HEADER_BYTES + blen + SHARDMAP__CODEC_TRAILER_BYTES;
+	*total = SHARDMAP__CODEC_HEADER_BYTES + blen + SHARDMAP__CODEC_TRAILER_BYTES;
+	return SHARDMAP_OK;
+}
+
+/* The versions at the start of body b: to must be above from. */
+static int versions_ok(const uint8_t *b, shardmap_error *why)
+{
+	if (get_u64(b + 8) <= get_u64(b))
+		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
+					   "to_version %llu is not above from_version %llu",
+					   (unsigned long long)get_u64(b + 8),
+					   (unsigned long long)get_u64(b));
+	return SHARDMAP_OK;
+}
+
+/* Check the frame at buf: header fields, length limit, completeness, checksum, the fixed
+ * body fields. On success *body and *body_len describe the body and *consumed the record. */
+static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, size_t *body_len,
+		       size_t *consumed, shardmap_error *why)
+{
+	size_t total = 0;
+	*consumed = 0;
+	int rc = header_ok(buf, len, &total, why);
+	if (rc != 0)
+		return rc;
 	if (len < total) {
 		*consumed = total;
 		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
 					   "incomplete record: %zu of %zu bytes", len, total);
 	}
-	size_t sum_at = SHARDMAP__CODEC_HEADER_BYTES + blen;
+	size_t sum_at = total - SHARDMAP__CODEC_TRAILER_BYTES;
 	uint64_t stored = get_u64(buf + sum_at), computed = XXH3_64bits(buf, sum_at);
 	if (stored != computed)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
@@ -287,14 +318,37 @@ static int frame_check(const uint8_t *buf, size_t len, const uint8_t **body, siz
 					   sum_at, (unsigned long long)stored,
 					   (unsigned long long)computed);
 	const uint8_t *b = buf + SHARDMAP__CODEC_HEADER_BYTES;
-	if (get_u64(b + 8) <= get_u64(b))
-		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
-					   "to_version %llu is not above from_version %llu",
-					   (unsigned long long)get_u64(b + 8),
-					   (unsigned long long)get_u64(b));
+	if ((rc = versions_ok(b, why)) != 0)
+		return rc;
 	*body = b;
-	*body_len = blen;
+	*body_len = sum_at - SHARDMAP__CODEC_HEADER_BYTES;
 	*consumed = total;
+	return SHARDMAP_OK;
+}
+
+int shardmap__codec_peek_head(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
+			      size_t *total, shardmap_error *why)
+{
+	size_t need = 0;
+	if (buf == NULL && len > 0)
+		return SHARDMAP_EINVAL;
+	int rc = header_ok(buf, len, &need, why);
+	if (total)
+		*total = rc == 0 ? need : 0;
+	if (rc != 0)
+		return rc;
+	if (len < SHARDMAP__CODEC_HEAD_BYTES)
+		return shardmap__error_set(why, SHARDMAP_ENOENT, SIZE_MAX,
+					   "incomplete record: %zu of the %u bytes up to the "
+					   "versions",
+					   len, SHARDMAP__CODEC_HEAD_BYTES);
+	const uint8_t *b = buf + SHARDMAP__CODEC_HEADER_BYTES;
+	if ((rc = versions_ok(b, why)) != 0)
+		return rc;
+	if (from)
+		*from = get_u64(b);
+	if (to)
+		*to = get_u64(b + 8);
 	return SHARDMAP_OK;
 }
 
@@ -319,13 +373,39 @@ int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_
 
 /* ---------------------------------------------------------------- decoding ops */
 
+/* A delta decoded in place: the delta handed out, then the endpoint arrays of its put_cell
+ * ops (the only memory of its ops besides the op array), so that freeing it need not walk a
+ * million ops to find the few that have any. */
+struct borrowed {
+	shardmap_delta d; /* first: shardmap__codec_borrowed_free gets &b->d */
+	char ***arrays;
+	size_t n_arrays, cap_arrays;
+};
+
 /* A bounded cursor over the body. Offsets in messages are from the start of the record. */
 struct cursor {
 	const uint8_t *p, *end, *base;
 	size_t op;	     /* index of the op being decoded */
 	const char *op_name; /* its kind's name */
 	shardmap_error *why;
+	int in_place; /* strings are made NUL-terminated inside the (writable) record */
+	struct borrowed *borrowed; /* the delta, when in_place */
 };
+
+/* Remember an endpoint array of an in-place delta (freed with it). */
+static int keep_array(struct borrowed *b, char **array)
+{
+	if (b->n_arrays == b->cap_arrays) {
+		size_t cap = b->cap_arrays ? 2 * b->cap_arrays : 8;
+		char ***v = realloc(b->arrays, cap * sizeof *v);
+		if (v == NULL)
+			return SHARDMAP_ENOMEM;
+		b->arrays = v;
+		b->cap_arrays = cap;
+	}
+	b->arrays[b->n_arrays++] = array;
+	return 0;
+}
 
 static size_t offset(const struct cursor *c)
 {
@@ -367,8 +447,10 @@ static int invalid_str(struct cursor *c, const char *what, size_t at, int endpoi
 	    endpoint ? "not host:port with a port 1..65535" : "control character or NUL");
 }
 
-/* A string field into a fresh heap copy: length 1..255, bytes that shardmap__check_name
- * (or, for endpoints, shardmap__check_endpoint) accepts, no embedded NUL. */
+/* A string field into a fresh heap copy, or in place (c->in_place: its bytes move one byte
+ * down over their length byte and a NUL follows them, all inside the field's own bytes):
+ * length 1..255, bytes that shardmap__check_name (or, for endpoints,
+ * shardmap__check_endpoint) accepts, no embedded NUL. */
 static int take_str(struct cursor *c, const char *what, int endpoint, char **out)
 {
 	size_t at = offset(c);
@@ -392,13 +474,20 @@ static int take_str(struct cursor *c, const char *what, int endpoint, char **out
 		bad |= (c->p[i] < 0x20) | (c->p[i] == 0x7f);
 	if (bad)
 		return invalid_str(c, what, at, endpoint);
-	char *s = malloc((size_t)n + 1);
-	if (s == NULL)
+	char *s;
+	if (c->in_place) {
+		/* The caller handed us the record writable (shardmap__codec_decode_in_place). */
+		s = (char *)c->p - 1;
+		memmove(s, c->p, n);
+	} else if ((s = malloc((size_t)n + 1)) == NULL) {
 		return SHARDMAP_ENOMEM;
-	memcpy(s, c->p, n);
+	} else {
+		memcpy(s, c->p, n);
+	}
 	s[n] = '\0';
 	if (endpoint && shardmap__check_endpoint(s) != 0) {
-		free(s);
+		if (!c->in_place)
+			free(s);
 		return invalid_str(c, what, at, endpoint);
 	}
 	c->p += n;
@@ -462,6 +551,11 @@ static int take_cell(struct cursor *c, struct shardmap__op *op)
 	op->endpoints = calloc(n, sizeof *op->endpoints);
 	if (op->endpoints == NULL)
 		return SHARDMAP_ENOMEM;
+	if (c->in_place && keep_array(c->borrowed, op->endpoints) != 0) {
+		free(op->endpoints);
+		op->endpoints = NULL;
+		return SHARDMAP_ENOMEM;
+	}
 	op->n_endpoints = n; /* unfilled slots are NULL: shardmap_delta_free copes */
 	for (size_t i = 0; i < n; i++)
 		if ((rc = take_str(c, "endpoint", 1, &op->endpoints[i])) != 0)
@@ -514,14 +608,15 @@ static int take_op(struct cursor *c, struct shardmap__op *op)
 
 /* Make room for one more op, growing with what has been decoded (never with the claimed
  * count alone), so a lying count cannot make us allocate. */
-static int reserve_op(shardmap_delta *d, size_t claimed)
+static int reserve_op(shardmap_delta *d, size_t claimed, int in_place)
 {
 	if (d->n_ops < d->cap_ops)
 		return 0;
 	size_t cap = d->cap_ops ? d->cap_ops * 2 : 16;
 	if (cap > claimed)
 		cap = claimed;
-	struct shardmap__op *ops = realloc(d->ops, cap * sizeof *ops);
+	struct shardmap__op *ops = in_place ? shardmap__big_realloc(d->ops, cap * sizeof *ops)
+					    : realloc(d->ops, cap * sizeof *ops);
 	if (ops == NULL)
 		return SHARDMAP_ENOMEM;
 	d->ops = ops;
@@ -529,8 +624,21 @@ static int reserve_op(shardmap_delta *d, size_t claimed)
 	return 0;
 }
 
-int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out, size_t *consumed,
-			   shardmap_error *why)
+void shardmap__codec_borrowed_free(shardmap_delta *d)
+{
+	if (d == NULL)
+		return;
+	struct borrowed *b = (struct borrowed *)d; /* d is b's first member */
+	for (size_t i = 0; i < b->n_arrays; i++)
+		free(b->arrays[i]); /* strings are the record's */
+	free(b->arrays);
+	shardmap__big_free(d->ops);
+	free(b);
+}
+
+/* shardmap__codec_decode and shardmap__codec_decode_in_place. */
+static int decode(const uint8_t *buf, size_t len, int in_place, shardmap_delta **out,
+		  size_t *consumed, shardmap_error *why)
 {
 	const uint8_t *body;
 	size_t blen, used;
@@ -542,13 +650,23 @@ int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
 	if (rc != 0)
 		return rc;
 
-	shardmap_delta *d = calloc(1, sizeof *d);
+	struct borrowed *b = NULL;
+	shardmap_delta *d;
+	if (in_place)
+		d = (b = calloc(1, sizeof *b)) != NULL ? &b->d : NULL;
+	else
+		d = calloc(1, sizeof *d);
 	if (d == NULL)
 		return SHARDMAP_ENOMEM;
 	d->from_version = get_u64(body);
 	d->to_version = get_u64(body + 8);
 	size_t n_ops = get_u32(body + 16);
-	struct cursor c = {.p = body + BODY_FIXED, .end = body + blen, .base = buf, .why = why};
+	struct cursor c = {.p = body + BODY_FIXED,
+			   .end = body + blen,
+			   .base = buf,
+			   .why = why,
+			   .in_place = in_place,
+			   .borrowed = b};
 	if (n_ops > blen / MIN_OP_BYTES) {
 		rc =
 		    shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
@@ -563,14 +681,16 @@ int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
 	 * with what has been decoded (reserve_op). Either way a lying count makes us allocate
 	 * at most a few times the bytes the record really has. */
 	if (n_ops > 0 && n_ops * sizeof *d->ops <= OPS_PER_BODY_BYTE * (size_t)blen) {
-		if ((d->ops = malloc(n_ops * sizeof *d->ops)) == NULL) {
+		size_t bytes = n_ops * sizeof *d->ops;
+		d->ops = in_place ? shardmap__big_alloc(bytes) : malloc(bytes);
+		if (d->ops == NULL) {
 			rc = SHARDMAP_ENOMEM;
 			goto fail;
 		}
 		d->cap_ops = n_ops;
 	}
 	for (c.op = 0; c.op < n_ops; c.op++) {
-		if ((rc = reserve_op(d, n_ops)) != 0)
+		if ((rc = reserve_op(d, n_ops, in_place)) != 0)
 			goto fail;
 		struct shardmap__op *op = &d->ops[d->n_ops++];
 		memset(op, 0, sizeof *op);
@@ -592,6 +712,21 @@ fail:
 		shardmap__error_set(why, rc, c.op, "out of memory decoding op %zu", c.op);
 	if (consumed)
 		*consumed = 0;
-	shardmap_delta_free(d);
+	if (in_place)
+		shardmap__codec_borrowed_free(d);
+	else
+		shardmap_delta_free(d);
 	return rc;
+}
+
+int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out, size_t *consumed,
+			   shardmap_error *why)
+{
+	return decode(buf, len, 0, out, consumed, why);
+}
+
+int shardmap__codec_decode_in_place(uint8_t *buf, size_t len, shardmap_delta **out,
+				    size_t *consumed, shardmap_error *why)
+{
+	return decode(buf, len, 1, out, consumed, why);
 }

@@ -35,4 +35,31 @@ int shardmap__codec_decode(const uint8_t *buf, size_t len, shardmap_delta **out,
 int shardmap__codec_peek(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
                          size_t *consumed, shardmap_error *why);
 
+/* ---- added by bootstrap ---- */
+
+/* The bytes at the start of a record that hold its header and versions. */
+#define SHARDMAP__CODEC_HEAD_BYTES 32u
+
+/* Check only the header of the record at buf (magic, format, flags, header check, length
+ * limits) and read its versions from the first SHARDMAP__CODEC_HEAD_BYTES bytes, without
+ * reading the rest of the record: for a store that wants to know a big snapshot's version
+ * without reading it (whoever decodes it later checks its checksum). *total gets the whole
+ * record's length. Returns 0, SHARDMAP_ENOENT (fewer than SHARDMAP__CODEC_HEAD_BYTES bytes;
+ * *total is set when the header was complete), SHARDMAP_ECORRUPT (why says what). */
+int shardmap__codec_peek_head(const uint8_t *buf, size_t len, uint64_t *from, uint64_t *to,
+                              size_t *total, shardmap_error *why);
+
+/* Decode one record like shardmap__codec_decode, but without copying its strings: buf
+ * (writable, its checksum checked first) is rewritten in place so that every string of the
+ * delta is NUL-terminated inside it, and the delta's strings point there. For loaders that
+ * read a record into a buffer of their own only to decode it (snapshots: a million-shard
+ * snapshot decodes without three million small copies). Same checks, results and errors as
+ * shardmap__codec_decode (but buf no longer holds the record afterwards, even on failure).
+ * Ownership: *out borrows buf, which must outlive it; free *out with
+ * shardmap__codec_borrowed_free, never with shardmap_delta_free. */
+int shardmap__codec_decode_in_place(uint8_t *buf, size_t len, shardmap_delta **out,
+                                    size_t *consumed, shardmap_error *why);
+/* Free a delta made by shardmap__codec_decode_in_place (not its strings). Accepts NULL. */
+void shardmap__codec_borrowed_free(shardmap_delta *d);
+
 #endif

@@ -3,8 +3,9 @@
  *
  * Every record and node of a map version is allocated here: from a dedicated jemalloc arena
  * per map (mallocx with MALLOCX_ARENA) when the build has jemalloc and the map asked for it,
- * from malloc otherwise (sanitizer and valgrind builds). Freed versions return to the same
- * arena, and the arena's statistics give the map's resident bytes.
+ * from the heap otherwise (through jemalloc's own API when the build has it, plain malloc in
+ * sanitizer and valgrind builds). Freed versions return to the same arena, and the arena's
+ * statistics give the map's resident bytes. Memory from this file is freed through it.
  *
  * A test hook makes the n-th allocation from now fail, so tests can show that every
  * allocation point of an apply leaves the published map unchanged and leaks nothing.
@@ -47,5 +48,17 @@ void *shardmap__alloc_aligned(struct shardmap__mem *mem, size_t align, size_t si
 /* Allocations currently live (made through this file and not yet freed), all maps of the
  * process together: tests use it to show that nothing leaks. */
 long shardmap__mem_live(void);
+
+/* Added by bootstrap. */
+/* Large transient buffers that are not map memory (a snapshot read whole, its decoded op
+ * array): with jemalloc, from one process-wide arena whose memory is backed by transparent
+ * huge pages where the system allows and whose freed pages are returned at once; malloc
+ * otherwise. Not counted by shardmap__mem_allocs/live and never failed by the test hook.
+ * Free with shardmap__big_free only (never free()). NULL on failure. Thread-safety: MT-safe. */
+void *shardmap__big_alloc(size_t size);
+/* Like realloc (p NULL: shardmap__big_alloc). NULL on failure, p then untouched. */
+void *shardmap__big_realloc(void *p, size_t size);
+/* Accepts NULL. */
+void shardmap__big_free(void *p);
 
 #endif

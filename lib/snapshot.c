@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "codec.h"
+#include "mem.h"
 #include "store_file.h"
 
 int shardmap_snapshot_save(shardmap *m, const char *path)
@@ -39,13 +40,13 @@ int shardmap_snapshot_save(shardmap *m, const char *path)
 	return rc;
 }
 
-int shardmap__snapshot_decode(const uint8_t *buf, size_t len, const char *path,
-			      shardmap_delta **out, shardmap_error *why)
+int shardmap__snapshot_decode(uint8_t *buf, size_t len, const char *path, shardmap_delta **out,
+			      shardmap_error *why)
 {
 	shardmap_delta *d = NULL;
 	shardmap_error e = {0};
 	size_t used = 0;
-	int rc = shardmap__codec_decode(buf, len, &d, &used, &e);
+	int rc = shardmap__codec_decode_in_place(buf, len, &d, &used, &e);
 	if (rc == SHARDMAP_ENOENT)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
 					   "snapshot %s: truncated (%s)", path, e.message);
@@ -57,7 +58,7 @@ int shardmap__snapshot_decode(const uint8_t *buf, size_t len, const char *path,
 						       "record"
 						     : "snapshot %s: does not start at version 0",
 					 path);
-		shardmap_delta_free(d);
+		shardmap__codec_borrowed_free(d);
 		return rc;
 	}
 	*out = d;
@@ -70,23 +71,29 @@ int shardmap_snapshot_load(shardmap *m, const char *path, shardmap_error *why)
 		return shardmap__error_set(why, SHARDMAP_EINVAL, SIZE_MAX, "NULL map or path");
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	int rc = shardmap__file_read(path, SHARDMAP__SNAPSHOT_MAX_BYTES, &buf, &len, why);
+	int rc = shardmap__snapshot_read(path, &buf, &len, why);
 	if (rc != 0)
 		return rc;
 	shardmap_delta *d = NULL;
-	rc = shardmap__snapshot_decode(buf, len, path, &d, why);
-	free(buf);
-	if (rc != 0)
-		return rc;
 	struct shardmap__builder *b = NULL;
+	if ((rc = shardmap__snapshot_decode(buf, len, path, &d, why)) != 0)
+		goto out;
 	if ((rc = shardmap__builder_start(m, &b)) != 0) {
-		shardmap_delta_free(d);
-		return shardmap__error_set(why, rc, SIZE_MAX, "cannot start a private build");
+		shardmap__error_set(why, rc, SIZE_MAX, "cannot start a private build");
+		goto out;
 	}
 	rc = shardmap__builder_apply(b, d, why);
-	shardmap_delta_free(d);
+	/* The delta and the buffer its strings live in are not needed any more: free them
+	 * before publishing, so that what is resident right after is the map alone. */
+	shardmap__codec_borrowed_free(d);
+	d = NULL;
+	shardmap__big_free(buf);
+	buf = NULL;
 	if (rc == 0 && (rc = shardmap__builder_publish(b)) == 0)
-		return SHARDMAP_OK;
-	shardmap__builder_abort(b); /* the current map keeps serving */
+		b = NULL;
+out:
+	shardmap__builder_abort(b); /* on failure the current map keeps serving */
+	shardmap__codec_borrowed_free(d);
+	shardmap__big_free(buf);
 	return rc;
 }

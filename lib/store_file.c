@@ -45,7 +45,12 @@
  * files' descriptors keeps reading a consistent old pair.
  *
  * Loading opens both files and reads the (small) journal under the shared lock, then reads
- * the snapshot after releasing it (a snapshot is never modified, only replaced).
+ * the snapshot after releasing it (a snapshot is never modified, only replaced), into a
+ * huge-page buffer that the snapshot is decoded in place in (codec.h). Opening a store and a
+ * follower's passes learn the snapshot's version from its first bytes and its length alone
+ * (snapshot_version): the loader checks the whole record's checksum when it decodes it, and
+ * writers, compaction and health reports check it before they rely on it, so a million-shard
+ * snapshot is read once per bootstrap, not twice.
  *
  * Following: ONE helper thread per follower (documented in shardmap.h; shardmap_follow's
  * pool argument is not used by this store, whose only I/O is local). The thread waits on
@@ -76,6 +81,7 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "mem.h"
 #include "store_file.h"
 
 #define FOLLOW_WAIT_MS	      1000	     /* safety-net wake-up with inotify */
@@ -92,6 +98,14 @@ struct file_id {
 	struct timespec ctime;
 };
 
+/* What a handle knows of the snapshot file: which file, its version, and whether its whole
+ * record was checked (else only its header, versions and length). */
+struct snapshot_seen {
+	struct file_id id;
+	uint64_t version;
+	int verified;
+};
+
 struct file_store {
 	struct shardmap_store base; /* first: the store interface */
 	char *dir, *snapshot, *journal, *lock;
@@ -101,13 +115,12 @@ struct file_store {
 	pthread_mutex_t mu;
 	/* The writers' view of the store, trusted only after sync_locked re-validated it
 	 * with the exclusive lock held. */
-	int journal_fd;		    /* O_RDWR, -1 until opened */
-	struct file_id journal_id;  /* dev/ino of journal_fd */
-	uint64_t journal_end;	    /* end of the last whole record checked */
-	int journal_started;	    /* a record past the snapshot has been seen */
-	uint64_t version;	    /* the store's version at journal_end */
-	struct file_id snapshot_id; /* the snapshot file snapshot_version was read from */
-	uint64_t snapshot_version;
+	int journal_fd;		   /* O_RDWR, -1 until opened */
+	struct file_id journal_id; /* dev/ino of journal_fd */
+	uint64_t journal_end;	   /* end of the last whole record checked */
+	int journal_started;	   /* a record past the snapshot has been seen */
+	uint64_t version;	   /* the store's version at journal_end */
+	struct snapshot_seen snap; /* the snapshot file and its version */
 	/* Statistics (relaxed: counters only, no ordering). */
 	_Atomic uint64_t torn_tails, torn_bytes;
 };
@@ -183,9 +196,10 @@ static int pwrite_full(int fd, const uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* Read fd from offset off to its end into a malloc'ed buffer sized by the file. */
-static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t **buf, size_t *len,
-		     shardmap_error *why)
+/* Read fd from offset off to its end into a buffer sized by the file: malloc'ed, or for a
+ * snapshot (big) from shardmap__big_alloc (free it with shardmap__big_free). */
+static int read_from(int fd, uint64_t off, size_t max, const char *path, int big, uint8_t **buf,
+		     size_t *len, shardmap_error *why)
 {
 	struct stat st;
 	if (fstat(fd, &st) != 0)
@@ -199,22 +213,27 @@ static int read_from(int fd, uint64_t off, size_t max, const char *path, uint8_t
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
 					   "%s: %" PRIu64 " bytes, more than a record can hold",
 					   path, size - off);
-	uint8_t *b = malloc((size_t)(size - off));
+	size_t want = (size_t)(size - off);
+	uint8_t *b = big ? shardmap__big_alloc(want) : malloc(want);
 	if (b == NULL)
 		return shardmap__error_set(why, SHARDMAP_ENOMEM, SIZE_MAX,
 					   "out of memory reading %s", path);
-	ssize_t n = pread_full(fd, b, (size_t)(size - off), off);
+	ssize_t n = pread_full(fd, b, want, off);
 	if (n < 0) {
-		free(b);
-		return io_error(why, "cannot read", path);
+		int rc = io_error(why, "cannot read", path);
+		if (big)
+			shardmap__big_free(b);
+		else
+			free(b);
+		return rc;
 	}
 	*buf = b;
 	*len = (size_t)n;
 	return SHARDMAP_OK;
 }
 
-int shardmap__file_read(const char *path, size_t max, uint8_t **buf, size_t *len,
-			shardmap_error *why)
+static int file_read(const char *path, size_t max, int big, uint8_t **buf, size_t *len,
+		     shardmap_error *why)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT)
@@ -222,9 +241,20 @@ int shardmap__file_read(const char *path, size_t max, uint8_t **buf, size_t *len
 					   path);
 	if (fd < 0)
 		return io_error(why, "cannot open", path);
-	int rc = read_from(fd, 0, max, path, buf, len, why);
+	int rc = read_from(fd, 0, max, path, big, buf, len, why);
 	close(fd);
 	return rc;
+}
+
+int shardmap__file_read(const char *path, size_t max, uint8_t **buf, size_t *len,
+			shardmap_error *why)
+{
+	return file_read(path, max, 0, buf, len, why);
+}
+
+int shardmap__snapshot_read(const char *path, uint8_t **buf, size_t *len, shardmap_error *why)
+{
+	return file_read(path, SHARDMAP__SNAPSHOT_MAX_BYTES, 1, buf, len, why);
 }
 
 int shardmap__file_replace(const char *path, const void *buf, size_t len)
@@ -250,37 +280,32 @@ int shardmap__file_replace(const char *path, const void *buf, size_t len)
 
 /* ---------------------------------------------------------------- the snapshot file */
 
-/* The snapshot's version, reading and checking the file only if it is not the one *known
- * describes (then *known and *version are updated). No file: version 0.
- * Returns 0, SHARDMAP_ECORRUPT, SHARDMAP_EIO, SHARDMAP_ENOMEM. */
-static int snapshot_version(const char *path, struct file_id *known, uint64_t *version,
-			    shardmap_error *why)
+/* Check the snapshot at fd (st its stat): the whole record when verify, else only what its
+ * first bytes and its length say (a loader checks the rest when it decodes it). */
+static int snapshot_check(int fd, const struct stat *st, const char *path, int verify,
+			  uint64_t *version, shardmap_error *why)
 {
-	struct stat st;
-	if (stat(path, &st) != 0) {
-		if (errno != ENOENT)
-			return io_error(why, "cannot stat", path);
-		memset(known, 0, sizeof *known);
-		*version = 0;
-		return SHARDMAP_OK;
-	}
-	struct file_id id = file_id_of(&st);
-	if (same_file(&id, known))
-		return SHARDMAP_OK;
-	uint8_t *buf;
+	uint8_t head[SHARDMAP__CODEC_HEAD_BYTES], *buf = NULL;
 	size_t len, used = 0;
 	uint64_t from = 0, to = 0;
 	shardmap_error e = {0};
-	int rc = shardmap__file_read(path, SHARDMAP__SNAPSHOT_MAX_BYTES, &buf, &len, why);
-	if (rc == SHARDMAP_ENOENT) { /* removed after the stat: treat as absent */
-		memset(known, 0, sizeof *known);
-		*version = 0;
-		return SHARDMAP_OK;
+	int rc;
+	if (verify) {
+		rc = read_from(fd, 0, SHARDMAP__SNAPSHOT_MAX_BYTES, path, 1, &buf, &len, why);
+		if (rc != 0)
+			return rc;
+		rc = shardmap__codec_peek(buf, len, &from, &to, &used, &e);
+		shardmap__big_free(buf);
+	} else {
+		ssize_t n = pread_full(fd, head, sizeof head, 0);
+		if (n < 0)
+			return io_error(why, "cannot read", path);
+		len = (size_t)st->st_size;
+		rc = shardmap__codec_peek_head(head, (size_t)n, &from, &to, &used, &e);
+		if (rc == 0 && used > len) /* the record runs past the end of the file */
+			rc = shardmap__error_set(&e, SHARDMAP_ENOENT, SIZE_MAX,
+						 "incomplete record: %zu of %zu bytes", len, used);
 	}
-	if (rc != 0)
-		return rc;
-	rc = shardmap__codec_peek(buf, len, &from, &to, &used, &e);
-	free(buf);
 	if (rc == SHARDMAP_ENOENT)
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
 					   "snapshot %s: truncated (%s)", path, e.message);
@@ -295,9 +320,42 @@ static int snapshot_version(const char *path, struct file_id *known, uint64_t *v
 		return shardmap__error_set(why, SHARDMAP_ECORRUPT, SIZE_MAX,
 					   "snapshot %s: starts at version %" PRIu64 ", not 0",
 					   path, from);
-	*known = id;
 	*version = to;
 	return SHARDMAP_OK;
+}
+
+/* Bring *seen up to date with the snapshot file at path, reading it only if it is another
+ * file than the one *seen describes (or, when verify, if that one was not fully checked).
+ * A store learns a big snapshot's version from its first bytes (verify 0: opening, a
+ * follower's pass); writers, compaction and health reports check the whole record first
+ * (verify 1), so that nothing is written onto a store whose snapshot is corrupt. No file:
+ * version 0. Returns 0, SHARDMAP_ECORRUPT, SHARDMAP_EIO, SHARDMAP_ENOMEM; on error *seen is
+ * left as it was. */
+static int snapshot_version(const char *path, struct snapshot_seen *seen, int verify,
+			    shardmap_error *why)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		*seen = (struct snapshot_seen){.verified = 1};
+		return SHARDMAP_OK;
+	}
+	if (fd < 0)
+		return io_error(why, "cannot open", path);
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return io_error(why, "cannot stat", path);
+	}
+	struct file_id id = file_id_of(&st);
+	int rc = SHARDMAP_OK;
+	if (!same_file(&id, &seen->id) || (verify && !seen->verified)) {
+		uint64_t version = 0;
+		rc = snapshot_check(fd, &st, path, verify, &version, why);
+		if (rc == 0)
+			*seen = (struct snapshot_seen){id, version, verify};
+	}
+	close(fd);
+	return rc;
 }
 
 /* ---------------------------------------------------------------- walking a journal */
@@ -380,17 +438,15 @@ static void forget_journal(struct file_store *fs)
 	memset(&fs->journal_id, 0, sizeof fs->journal_id);
 }
 
-/* Bring the view up to date with the files. Exclusive lock held. Cuts a torn tail. */
-static int sync_locked(struct file_store *fs, shardmap_error *why)
+/* Bring the view up to date with the files. Exclusive lock held. Cuts a torn tail.
+ * verify: check the whole snapshot record (snapshot_version), not only its first bytes. */
+static int sync_locked(struct file_store *fs, int verify, shardmap_error *why)
 {
-	struct file_id snap = fs->snapshot_id;
-	uint64_t sv = fs->snapshot_version;
-	int rc = snapshot_version(fs->snapshot, &snap, &sv, why);
+	struct snapshot_seen before = fs->snap;
+	int rc = snapshot_version(fs->snapshot, &fs->snap, verify, why);
 	if (rc != 0)
 		return rc;
-	int rescan = !same_file(&snap, &fs->snapshot_id) || sv != fs->snapshot_version;
-	fs->snapshot_id = snap;
-	fs->snapshot_version = sv;
+	int rescan = !same_file(&before.id, &fs->snap.id) || before.version != fs->snap.version;
 
 	struct stat st;
 	int exists = stat(fs->journal, &st) == 0;
@@ -419,20 +475,20 @@ static int sync_locked(struct file_store *fs, shardmap_error *why)
 	if (rescan || (uint64_t)st.st_size < fs->journal_end) {
 		fs->journal_end = 0;
 		fs->journal_started = 0;
-		fs->version = fs->snapshot_version;
+		fs->version = fs->snap.version;
 	}
 	if ((uint64_t)st.st_size == fs->journal_end)
 		return SHARDMAP_OK;
 
 	uint8_t *buf;
 	size_t len;
-	rc = read_from(fs->journal_fd, fs->journal_end, SIZE_MAX, fs->journal, &buf, &len, why);
+	rc = read_from(fs->journal_fd, fs->journal_end, SIZE_MAX, fs->journal, 0, &buf, &len, why);
 	if (rc != 0)
 		return rc;
 	struct journal_walk w = {.buf = buf,
 				 .len = len,
 				 .base = fs->journal_end,
-				 .snapshot = fs->snapshot_version,
+				 .snapshot = fs->snap.version,
 				 .version = fs->version,
 				 .started = fs->journal_started,
 				 .path = fs->journal};
@@ -558,7 +614,7 @@ static int file_open(const char *rest, shardmap_store **out)
 	remove_stale_temps(fs);
 	/* Recover a torn tail now. A corrupt store still opens: loads and writes report
 	 * the corruption with its location (and shardmapctl verify can say what is wrong). */
-	rc = sync_locked(fs, NULL);
+	rc = sync_locked(fs, 0, NULL);
 	unlock_store(fs);
 	if (rc != 0 && rc != SHARDMAP_ECORRUPT)
 		goto fail;
@@ -582,7 +638,7 @@ static int file_write(shardmap_store *s, const shardmap_delta *d)
 	if (rc != 0)
 		return rc;
 	if ((rc = lock_store(fs, LOCK_EX)) == 0) {
-		rc = sync_locked(fs, NULL);
+		rc = sync_locked(fs, 1, NULL);
 		if (rc == 0 && d->from_version != fs->version)
 			rc = SHARDMAP_ECONFLICT;
 		if (rc == 0 && (rc = append_locked(fs, buf, len)) == 0) {
@@ -601,7 +657,7 @@ static int file_version(shardmap_store *s, uint64_t *out)
 	int rc = lock_store(fs, LOCK_EX);
 	if (rc != 0)
 		return rc;
-	rc = sync_locked(fs, NULL);
+	rc = sync_locked(fs, 1, NULL);
 	if (rc == 0)
 		*out = fs->version;
 	unlock_store(fs);
@@ -617,9 +673,9 @@ int shardmap__file_store_info(shardmap_store *s, struct shardmap__file_store_inf
 	int rc = lock_store(fs, LOCK_EX);
 	if (rc != 0)
 		return shardmap__error_set(why, rc, SIZE_MAX, "cannot lock %s", fs->lock);
-	rc = sync_locked(fs, why);
+	rc = sync_locked(fs, 1, why);
 	out->version = fs->version;
-	out->snapshot_version = fs->snapshot_version;
+	out->snapshot_version = fs->snap.version;
 	out->journal_bytes = fs->journal_end;
 	unlock_store(fs);
 	out->torn_tails = atomic_load_explicit(&fs->torn_tails, memory_order_relaxed);
@@ -655,17 +711,18 @@ static int load_files(struct file_store *fs, int snap_fd, const uint8_t *journal
 		uint8_t *buf;
 		size_t len;
 		shardmap_delta *d = NULL;
-		rc = read_from(snap_fd, 0, SHARDMAP__SNAPSHOT_MAX_BYTES, fs->snapshot, &buf, &len,
-			       why);
+		rc = read_from(snap_fd, 0, SHARDMAP__SNAPSHOT_MAX_BYTES, fs->snapshot, 1, &buf,
+			       &len, why);
 		if (rc != 0)
 			return rc;
+		/* In place: the delta's strings live in buf until the sink is done with it. */
 		rc = shardmap__snapshot_decode(buf, len, fs->snapshot, &d, why);
-		free(buf);
-		if (rc != 0)
-			return rc;
-		base = d->to_version;
-		rc = sink(ctx, d);
-		shardmap_delta_free(d);
+		if (rc == 0) {
+			base = d->to_version;
+			rc = sink(ctx, d);
+		}
+		shardmap__codec_borrowed_free(d);
+		shardmap__big_free(buf);
 		if (rc != 0)
 			return rc;
 	}
@@ -792,9 +849,9 @@ int shardmap__file_store_compact(shardmap_store *s, shardmap_error *why)
 		return shardmap__error_set(why, rc, SIZE_MAX, "cannot lock %s", fs->lock);
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	if ((rc = sync_locked(fs, why)) != 0 || fs->journal_end == 0)
+	if ((rc = sync_locked(fs, 1, why)) != 0 || fs->journal_end == 0)
 		goto out; /* corrupt, or nothing to fold */
-	if (fs->version != fs->snapshot_version) {
+	if (fs->version != fs->snap.version) {
 		if ((rc = fold_locked(fs, &buf, &len, why)) != 0)
 			goto out;
 		if ((rc = shardmap__file_replace(fs->snapshot, buf, len)) != 0) {
@@ -808,7 +865,7 @@ int shardmap__file_store_compact(shardmap_store *s, shardmap_error *why)
 		io_error(why, "cannot replace", fs->journal);
 		goto out;
 	}
-	rc = sync_locked(fs, why);
+	rc = sync_locked(fs, 1, why);
 out:
 	unlock_store(fs);
 	free(buf);
@@ -829,8 +886,7 @@ struct file_follower {
 	int journal_fd;
 	struct file_id journal_id;
 	uint64_t offset; /* end of the last whole record consumed from journal_fd */
-	struct file_id snapshot_id;
-	uint64_t snapshot_version;
+	struct snapshot_seen snap;
 	uint64_t backoff_ns, resync_not_before_ns;
 };
 
@@ -877,7 +933,7 @@ static int follow_journal(struct file_follower *f)
 	struct stat st;
 	if (fstat(f->journal_fd, &st) == 0 && (uint64_t)st.st_size < f->offset)
 		f->offset = 0; /* cannot happen with replace-only compaction; start over */
-	int rc = read_from(f->journal_fd, f->offset, SIZE_MAX, f->fs->journal, &buf, &len, &why);
+	int rc = read_from(f->journal_fd, f->offset, SIZE_MAX, f->fs->journal, 0, &buf, &len, &why);
 	if (rc != 0)
 		return rc;
 	int resynced = 0;
@@ -921,14 +977,14 @@ static void follow_pass(struct file_follower *f)
 	struct shardmap__ext_stats *ext = shardmap__ext(f->m);
 	atomic_fetch_add_explicit(&ext->store_requests, 1, memory_order_relaxed);
 	shardmap_error why = {0};
-	int rc = snapshot_version(f->fs->snapshot, &f->snapshot_id, &f->snapshot_version, &why);
+	int rc = snapshot_version(f->fs->snapshot, &f->snap, 0, &why);
 	if (rc != 0) {
 		count_error(f);
 		return;
 	}
-	note_store_version(f, f->snapshot_version);
+	note_store_version(f, f->snap.version);
 	/* Records the map needs were folded into the snapshot: only a bootstrap has them. */
-	if (shardmap_version(f->m) < f->snapshot_version && resync(f) != 0)
+	if (shardmap_version(f->m) < f->snap.version && resync(f) != 0)
 		return;
 
 	struct stat st;

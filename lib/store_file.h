@@ -48,15 +48,21 @@ int shardmap__file_store_info(shardmap_store *s, struct shardmap__file_store_inf
 
 /* Decode the contents of a snapshot file (a store's or a warm-start one): exactly one
  * record, from version 0. Errors (SHARDMAP_ECORRUPT, SHARDMAP_ENOMEM) name path.
- * Caller frees *out. (snapshot.c) */
-int shardmap__snapshot_decode(const uint8_t *buf, size_t len, const char *path,
-			      shardmap_delta **out, shardmap_error *why);
+ * Decodes in place (shardmap__codec_decode_in_place): buf is rewritten, *out borrows its
+ * strings from it. Caller frees *out with shardmap__codec_borrowed_free, then buf.
+ * (snapshot.c) */
+int shardmap__snapshot_decode(uint8_t *buf, size_t len, const char *path, shardmap_delta **out,
+			      shardmap_error *why);
 
 /* Read a whole file into a malloc'ed buffer (sized by the file, never more than max bytes:
  * a longer file is SHARDMAP_ECORRUPT). Returns 0, SHARDMAP_ENOENT (no such file),
  * SHARDMAP_ECORRUPT, SHARDMAP_EIO, SHARDMAP_ENOMEM; why names the path. */
 int shardmap__file_read(const char *path, size_t max, uint8_t **buf, size_t *len,
 			shardmap_error *why);
+
+/* Read a snapshot file whole (at most SHARDMAP__SNAPSHOT_MAX_BYTES) into a buffer from
+ * shardmap__big_alloc: free it with shardmap__big_free. Results as shardmap__file_read. */
+int shardmap__snapshot_read(const char *path, uint8_t **buf, size_t *len, shardmap_error *why);
 
 /* Replace path atomically with buf: write a temp file beside it, fsync it, rename it over
  * path, fsync the directory. A crash leaves the old or the new content, never a mix.

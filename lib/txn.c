@@ -6,7 +6,10 @@
  * object of the published version it replaces goes on its retired list. Abort frees the
  * created list; commit hands the retired list to the caller, who frees it once no reader can
  * see the old version any more. Both vectors grow through shardmap__alloc, so out-of-memory
- * injection reaches them too; a failed push changes nothing and the caller aborts.
+ * injection reaches them too; a failed push changes nothing and the caller aborts. The
+ * created list's array comes from the plain heap, not the map's arena: it lives only as long
+ * as the transaction (a bootstrap's holds a pointer per record, 8 MB for a million shards),
+ * and in the arena its pages would stay resident after the commit freed it.
  *
  * Not thread-safe: one transaction belongs to one writer.
  */
@@ -15,6 +18,9 @@
 
 #include "shardmap.h"
 #include "txn.h"
+
+/* Where created lists' arrays come from (no arena: plain, counted heap memory). */
+static struct shardmap__mem heap;
 
 /* Relaxed: generations need only be unique, which the atomic increment guarantees; nothing is
  * published through this counter. It starts the sequence at 1, so no transaction has gen 0. */
@@ -61,7 +67,7 @@ void shardmap__ptrvec_free_all(struct shardmap__mem *mem, struct shardmap__ptrve
 /* Record a fresh allocation on the created list, or free it if the list cannot grow. */
 static void *created(struct shardmap__txn *t, void *p)
 {
-	if (p != NULL && shardmap__ptrvec_push(t->mem, &t->created, p) != 0) {
+	if (p != NULL && shardmap__ptrvec_push(&heap, &t->created, p) != 0) {
 		shardmap__free(t->mem, p);
 		return NULL;
 	}
@@ -98,14 +104,16 @@ void shardmap__txn_abort(struct shardmap__txn *t)
 {
 	/* Objects created and retired here are freed once, through the created list; every
 	 * other retired object still belongs to the published version. */
-	shardmap__ptrvec_free_all(t->mem, &t->created);
+	for (size_t i = 0; i < t->created.n; i++)
+		shardmap__free(t->mem, t->created.v[i]);
+	ptrvec_release(&heap, &t->created);
 	ptrvec_release(t->mem, &t->retired);
 }
 
 void shardmap__txn_commit(struct shardmap__txn *t, struct shardmap__ptrvec *out)
 {
 	/* Objects created and retired here are freed once, later, through the retired list. */
-	ptrvec_release(t->mem, &t->created);
+	ptrvec_release(&heap, &t->created);
 	*out = t->retired;
 	memset(&t->retired, 0, sizeof t->retired);
 }

@@ -24,6 +24,31 @@ static uint8_t *encode_ok(const shardmap_delta *d, size_t *len)
 	return buf;
 }
 
+/* The in-place decoder (snapshots) on a copy of buf must give what the copying one gave:
+ * the same delta, or the same error and message. */
+static void same_in_place(const uint8_t *buf, size_t len, int rc, const shardmap_delta *d,
+			  const shardmap_error *why)
+{
+	uint8_t *copy = malloc(len ? len : 1);
+	cr_assert_not_null(copy);
+	if (len)
+		memcpy(copy, buf, len);
+	shardmap_delta *d2 = NULL;
+	shardmap_error why2 = {0};
+	size_t used2 = 777;
+	int rc2 = shardmap__codec_decode_in_place(copy, len, &d2, &used2, &why2);
+	cr_assert_eq(rc2, rc, "in place: rc %d (%s), copying decoder %d", rc2, why2.message, rc);
+	if (rc == 0) {
+		cr_assert(gen_delta_equal(d, d2), "in-place decode differs");
+		cr_assert_eq(used2, len);
+	} else {
+		cr_assert_null(d2);
+		cr_assert_str_eq(why2.message, why->message);
+	}
+	shardmap__codec_borrowed_free(d2);
+	free(copy);
+}
+
 static shardmap_delta *decode_ok(const uint8_t *buf, size_t len)
 {
 	shardmap_delta *d = NULL;
@@ -32,6 +57,7 @@ static shardmap_delta *decode_ok(const uint8_t *buf, size_t len)
 	int rc = shardmap__codec_decode(buf, len, &d, &used, &why);
 	cr_assert_eq(rc, 0, "decode failed: %s", why.message);
 	cr_assert_eq(used, len);
+	same_in_place(buf, len, rc, d, &why);
 	return d;
 }
 
@@ -49,6 +75,7 @@ static void expect_corrupt(const uint8_t *buf, size_t len, const char *expect)
 	cr_assert_eq(used, 0);
 	cr_assert(strstr(why.message, expect) != NULL, "message '%s' lacks '%s'", why.message,
 		  expect);
+	same_in_place(buf, len, rc, NULL, &why);
 }
 
 /* A hand-made record, for inputs the encoder would never produce. */
@@ -369,6 +396,77 @@ Test(codec, peek_checks_framing_but_not_ops)
 	cr_assert(strstr(why.message, "checksum mismatch") != NULL);
 	cr_assert_eq(shardmap__codec_peek(r.b, 20, &f, &t, &used, NULL), SHARDMAP_ENOENT);
 	cr_assert_eq(used, r.n);
+}
+
+Test(codec, peek_head_reads_versions_from_the_first_bytes)
+{
+	shardmap_delta *d = all_kinds();
+	size_t len, total = 0;
+	uint8_t *buf = encode_ok(d, &len);
+	uint64_t f = 0, t = 0;
+	shardmap_error why = {0};
+	cr_assert_eq(
+	    shardmap__codec_peek_head(buf, SHARDMAP__CODEC_HEAD_BYTES, &f, &t, &total, NULL), 0);
+	cr_assert_eq(f, 7);
+	cr_assert_eq(t, 9);
+	cr_assert_eq(total, len);
+	/* the body past the versions and the checksum are not looked at */
+	buf[len - 1] ^= 1;
+	buf[SHARDMAP__CODEC_HEAD_BYTES] ^= 1;
+	cr_assert_eq(shardmap__codec_peek_head(buf, len, &f, &t, &total, NULL), 0);
+	buf[len - 1] ^= 1;
+	buf[SHARDMAP__CODEC_HEAD_BYTES] ^= 1;
+	/* too few bytes: need more, with the length once the header is whole */
+	cr_assert_eq(
+	    shardmap__codec_peek_head(buf, SHARDMAP__CODEC_HEAD_BYTES - 1, &f, &t, &total, NULL),
+	    SHARDMAP_ENOENT);
+	cr_assert_eq(total, len);
+	cr_assert_eq(shardmap__codec_peek_head(buf, 10, &f, &t, &total, NULL), SHARDMAP_ENOENT);
+	cr_assert_eq(total, 0);
+	/* a corrupt header, bad magic, versions that do not go up */
+	buf[9] ^= 1;
+	cr_assert_eq(shardmap__codec_peek_head(buf, len, &f, &t, &total, &why), SHARDMAP_ECORRUPT);
+	cr_assert(strstr(why.message, "header check mismatch") != NULL, "%s", why.message);
+	buf[9] ^= 1;
+	buf[0] = 'X';
+	cr_assert_eq(shardmap__codec_peek_head(buf, len, &f, &t, &total, &why), SHARDMAP_ECORRUPT);
+	cr_assert(strstr(why.message, "bad magic") != NULL, "%s", why.message);
+	buf[0] = 'S';
+	buf[16 + 8] = 7, buf[16 + 9] = 0; /* to_version 7 = from_version */
+	for (int i = 2; i < 8; i++)
+		buf[16 + 8 + i] = 0;
+	cr_assert_eq(shardmap__codec_peek_head(buf, len, &f, &t, &total, &why), SHARDMAP_ECORRUPT);
+	cr_assert(strstr(why.message, "not above") != NULL, "%s", why.message);
+	cr_assert_eq(shardmap__codec_peek_head(NULL, 4, &f, &t, &total, NULL), SHARDMAP_EINVAL);
+	free(buf);
+	shardmap_delta_free(d);
+}
+
+Test(codec, in_place_strings_live_in_the_buffer)
+{
+	shardmap_delta *d = all_kinds();
+	size_t len, used = 0;
+	uint8_t *buf = encode_ok(d, &len);
+	shardmap_delta *back = NULL;
+	cr_assert_eq(shardmap__codec_decode_in_place(buf, len, &back, &used, NULL), 0);
+	cr_assert_eq(used, len);
+	cr_assert(gen_delta_equal(d, back));
+	for (size_t i = 0; i < back->n_ops; i++) {
+		const struct shardmap__op *op = &back->ops[i];
+		const char *strs[5] = {op->stream, op->id, op->owner_cell, op->parent,
+				       op->adjacent_parent};
+		for (int k = 0; k < 5; k++)
+			cr_assert(strs[k] == NULL || ((const uint8_t *)strs[k] >= buf &&
+						      (const uint8_t *)strs[k] < buf + len),
+				  "op %zu string %d is not inside the record", i, k);
+		for (size_t e = 0; e < op->n_endpoints; e++)
+			cr_assert((const uint8_t *)op->endpoints[e] >= buf &&
+				  (const uint8_t *)op->endpoints[e] < buf + len);
+	}
+	shardmap__codec_borrowed_free(back);
+	shardmap__codec_borrowed_free(NULL);
+	free(buf);
+	shardmap_delta_free(d);
 }
 
 Test(codec, two_bytes_of_magic_are_not_yet_wrong)

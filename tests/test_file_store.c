@@ -439,6 +439,58 @@ Test(file_store, corrupt_snapshot_fails_bootstrap_and_keeps_map)
 	gen_rmtree(fx.dir);
 }
 
+/* Opening reads only the snapshot's first bytes (its version); a body that does not check
+ * out is found by whatever reads the whole record, and nothing is written onto it. */
+Test(file_store, corrupt_snapshot_body_refuses_writes_after_a_cheap_open)
+{
+	struct fixture fx;
+	fixture_init(&fx);
+	shardmap_store *s = open_store(&fx);
+	write_chain(s, 0, 3);
+	cr_assert_eq(shardmap__file_store_compact(s, NULL), 0);
+	shardmap_store_close(s);
+	size_t len, jlen = (size_t)file_size(fx.journal);
+	uint8_t *snap = read_file(fx.snapshot, &len);
+	snap[len / 2] ^= 1;
+	write_file(fx.snapshot, snap, len);
+
+	s = open_store(&fx);
+	shardmap *m = open_map();
+	expect_bootstrap_fails(m, s, SHARDMAP_ECORRUPT, "checksum mismatch");
+	uint64_t v = 0;
+	cr_assert_eq(shardmap_store_version(s, &v), SHARDMAP_ECORRUPT);
+	shardmap_delta *d = delta_at(3);
+	cr_assert_eq(shardmap_store_write(s, d), SHARDMAP_ECORRUPT);
+	cr_assert_eq((size_t)file_size(fx.journal), jlen); /* nothing was appended */
+	struct shardmap__file_store_info info;
+	shardmap_error why = {0};
+	cr_assert_eq(shardmap__file_store_info(s, &info, &why), SHARDMAP_ECORRUPT);
+	cr_assert(strstr(why.message, "checksum mismatch") != NULL, "%s", why.message);
+	shardmap_store_close(s);
+
+	/* repaired: the same handle kind writes and bootstraps again */
+	snap[len / 2] ^= 1;
+	write_file(fx.snapshot, snap, len);
+	s = open_store(&fx);
+	cr_assert_eq(shardmap_store_write(s, d), 0);
+	cr_assert_eq(store_version(s), 4);
+	cr_assert_eq(shardmap_bootstrap(m, s, NULL), 0);
+	cr_assert_eq(shardmap_version(m), 4);
+	shardmap_store_close(s);
+
+	/* a snapshot cut short or followed by garbage is seen from its length alone */
+	write_file(fx.snapshot, snap, len - 3);
+	s = open_store(&fx);
+	cr_assert_eq(shardmap__file_store_info(s, &info, &why), SHARDMAP_ECORRUPT);
+	cr_assert(strstr(why.message, "truncated") != NULL, "%s", why.message);
+	expect_bootstrap_fails(m, s, SHARDMAP_ECORRUPT, "truncated");
+	shardmap_store_close(s);
+	shardmap_delta_free(d);
+	free(snap);
+	shardmap_close(m);
+	gen_rmtree(fx.dir);
+}
+
 /* ---------------------------------------------------------------- compaction */
 
 Test(file_store, compaction_folds_the_journal)

@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "delta_gen.h"
+#include "mem.h"
 #include "store_file.h"
 
 static shardmap *map_of(uint64_t seed, uint64_t version)
@@ -79,6 +80,39 @@ Test(snapshot, save_load_round_trip)
 		shardmap_close(b);
 		shardmap_close(c);
 	}
+	gen_rmtree(dir);
+}
+
+/* Out of memory at every allocation of a load (the private build's, in the map's memory):
+ * each fails with SHARDMAP_ENOMEM, leaks nothing and leaves the map serving; then it loads. */
+Test(snapshot, load_fails_cleanly_at_every_allocation)
+{
+	char dir[64], path[96];
+	cr_assert_not_null(gen_tmpdir(dir, sizeof dir, "snap"));
+	snprintf(path, sizeof path, "%s/warm.snap", dir);
+	shardmap *a = map_of(3, 40), *m = map_of(4, 7);
+	cr_assert_eq(shardmap_snapshot_save(a, path), 0);
+	uint64_t digest = gen_map_digest(m);
+	long live = shardmap__mem_live(), k;
+	for (k = 1;; k++) {
+		cr_assert_lt(k, 100000, "the load never succeeded");
+		shardmap_error why = {0};
+		shardmap__mem_fail_after(k);
+		int rc = shardmap_snapshot_load(m, path, &why);
+		shardmap__mem_fail_after(0);
+		if (rc == 0)
+			break;
+		cr_assert_eq(rc, SHARDMAP_ENOMEM, "k=%ld: %s", k, why.message);
+		cr_assert_eq(shardmap__mem_live(), live, "k=%ld: %ld allocations leaked", k,
+			     shardmap__mem_live() - live);
+		cr_assert_eq(shardmap_version(m), 7);
+		cr_assert_eq(gen_map_digest(m), digest);
+	}
+	cr_assert_gt(k, 100);
+	cr_assert_eq(shardmap_version(m), 40);
+	cr_assert_eq(gen_map_digest(m), gen_map_digest(a));
+	shardmap_close(a);
+	shardmap_close(m);
 	gen_rmtree(dir);
 }
 

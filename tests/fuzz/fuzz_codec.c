@@ -6,7 +6,8 @@
  * UBSan and libFuzzer's -malloc_limit_mb watch); its answer must be consistent with
  * shardmap__codec_peek; a "need more bytes" answer must ask for more than was given; and a
  * record that decodes must re-encode to exactly the bytes it was decoded from (the format
- * is canonical), then decode again to an equal delta.
+ * is canonical), then decode again to an equal delta. The in-place decoder (snapshots) must
+ * give the same answer on a copy, and what it decodes must re-encode to the same bytes.
  *
  * Random mutations almost never keep the header check and the XXH3 checksum right, which
  * would leave the op parser unexplored. So each input is tried twice: as given (exercises
@@ -21,6 +22,29 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The in-place decoder on a copy of data: the same rc and length as the copying one. */
+static void check_in_place(const uint8_t *data, size_t size, int rc, size_t used)
+{
+	uint8_t *w = malloc(size ? size : 1);
+	if (w == NULL)
+		return;
+	if (size)
+		memcpy(w, data, size);
+	shardmap_delta *d = NULL;
+	size_t wused = 0;
+	int wrc = shardmap__codec_decode_in_place(w, size, &d, &wused, NULL);
+	if (wrc != rc || wused != used || (wrc != 0) != (d == NULL))
+		abort();
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (wrc == 0 && (shardmap__codec_encode(d, &buf, &len) != 0 || len != used ||
+			 memcmp(buf, data, len) != 0))
+		abort();
+	free(buf);
+	shardmap__codec_borrowed_free(d);
+	free(w);
+}
+
 static void check_one(const uint8_t *data, size_t size)
 {
 	shardmap_delta *d = NULL;
@@ -29,6 +53,7 @@ static void check_one(const uint8_t *data, size_t size)
 	uint64_t from = 0, to = 0;
 	int rc = shardmap__codec_decode(data, size, &d, &used, &why);
 	int prc = shardmap__codec_peek(data, size, &from, &to, &peek_used, NULL);
+	check_in_place(data, size, rc, used);
 
 	if (rc == SHARDMAP_ENOENT) {
 		/* incomplete: peek agrees, and asks for more than it has (or does not know) */
