@@ -205,8 +205,8 @@ typedef struct shardmap_key {
  * hash routes as shardmap_route_hash would route that hash. Call inside a read section.
  * Returns: 0 (out[0..n-1] filled); SHARDMAP_EINVAL (r or stream NULL, keys or out NULL with
  * n > 0, or a key with NULL data and len > 0: out untouched); SHARDMAP_ENOTREADY;
- * SHARDMAP_ENOENT (unknown stream: out untouched); SHARDMAP_ENOMEM (an MD5 context could not
- * be made: out partly filled). With n = 0 nothing is routed and the stream is still checked.
+ * SHARDMAP_ENOENT (unknown stream: out untouched). With n = 0 nothing is routed and the
+ * stream is still checked.
  * Lifetime: out[i] valid until shardmap_read_end. Thread-safety: reader thread only.
  * Blocking: never. */
 SHARDMAP_API int shardmap_route_keys(shardmap_reader *r, const char *stream,

@@ -7,20 +7,20 @@
  * the CLI. unsigned __int128 (a GCC/Clang extension) carries the arithmetic; the public type
  * stays two uint64_t.
  *
- * MD5 goes through OpenSSL's EVP API. The EVP_MD is fetched once per process (pthread_once)
- * and every thread keeps its own EVP_MD_CTX (a pthread key whose destructor frees it at
- * thread exit), so no state is shared between threads and no EVP_MD_CTX is allocated after a
- * thread's first call. OpenSSL 3.0 itself still frees and re-creates the provider's 92-byte
- * MD5 state inside every EVP_DigestInit_ex2 (openssl/openssl#16947, #25858): about 185 ns per
- * 24-byte key here, against 115 ns for the deprecated MD5(), which we do not use. If a
- * thread's context cannot be allocated, the one-shot EVP_Digest (which allocates its own)
- * is used instead.
+ * MD5 goes through OpenSSL's low-level MD5_Init/MD5_Update/MD5_Final on a stack context:
+ * nothing allocated, nothing shared, no failure. They are deprecated since OpenSSL 3.0 in
+ * favour of EVP, but still part of every 3.x, and EVP costs a Kinesis front-end dearly: its
+ * EVP_DigestInit_ex2 frees and re-creates the provider's MD5 state on every call
+ * (openssl/openssl#16947, #25858) and runs through the provider dispatch, 305 ns per 21-byte
+ * key hot against 139 ns here, and 16 us against 3 us on a thread that comes back to it cold
+ * (a front-end thread between requests; measured on this machine, 2 ms apart).
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+/* The MD5_* functions: see above for why not EVP. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/md5.h>
 /* Inlined: XXH3 is most of a short key's route, and a call into libxxhash.so (through the
  * PLT, with its dispatch) cost a fifth of a whole lookup at 1,024 shards. */
 #define XXH_INLINE_ALL
@@ -159,38 +159,6 @@ int shardmap_hash_format(shardmap_hash h, char out[SHARDMAP_HASH_DECIMAL_MAX])
 
 /* ---------------------------------------------------------------- partition key hashes */
 
-static pthread_once_t md5_once = PTHREAD_ONCE_INIT;
-static EVP_MD *md5_md;	      /* fetched once; NULL if the provider has no MD5 */
-static pthread_key_t md5_key; /* this thread's EVP_MD_CTX */
-static int md5_key_ok;
-
-static void md5_ctx_destroy(void *ctx)
-{
-	EVP_MD_CTX_free(ctx);
-}
-
-static void md5_init_once(void)
-{
-	md5_md = EVP_MD_fetch(NULL, "MD5", NULL);
-	md5_key_ok = pthread_key_create(&md5_key, md5_ctx_destroy) == 0;
-}
-
-/* This thread's context, created on first use; NULL when out of memory. */
-static EVP_MD_CTX *md5_ctx(void)
-{
-	if (!md5_key_ok)
-		return NULL;
-	EVP_MD_CTX *ctx = pthread_getspecific(md5_key);
-	if (ctx != NULL)
-		return ctx;
-	ctx = EVP_MD_CTX_new();
-	if (ctx != NULL && pthread_setspecific(md5_key, ctx) != 0) {
-		EVP_MD_CTX_free(ctx);
-		ctx = NULL;
-	}
-	return ctx;
-}
-
 static uint64_t load_be64(const unsigned char *p)
 {
 	uint64_t v = 0;
@@ -200,33 +168,25 @@ static uint64_t load_be64(const unsigned char *p)
 }
 
 /* MD5 of the key bytes read as one big-endian unsigned 128-bit integer (Kinesis). */
-static int hash_md5(const void *key, size_t len, shardmap_hash *out)
+static void hash_md5(const void *key, size_t len, shardmap_hash *out)
 {
-	pthread_once(&md5_once, md5_init_once);
-	if (md5_md == NULL)
-		return SHARDMAP_ENOTSUP;
-	unsigned char digest[16];
-	unsigned int n = 0;
-	EVP_MD_CTX *ctx = md5_ctx();
-	int ok;
-	if (ctx != NULL)
-		ok = EVP_DigestInit_ex2(ctx, md5_md, NULL) && EVP_DigestUpdate(ctx, key, len) &&
-		     EVP_DigestFinal_ex(ctx, digest, &n);
-	else /* no context for this thread: the one-shot call allocates its own */
-		ok = EVP_Digest(key, len, digest, &n, md5_md, NULL);
-	if (!ok || n != sizeof digest)
-		return SHARDMAP_ENOMEM;
+	unsigned char digest[MD5_DIGEST_LENGTH];
+	MD5_CTX ctx;
+	MD5_Init(&ctx);
+	MD5_Update(&ctx, key, len);
+	MD5_Final(digest, &ctx);
 	out->hi = load_be64(digest);
 	out->lo = load_be64(digest + 8);
-	return SHARDMAP_OK;
 }
 
 int shardmap__hash_key(int hash_fn, const void *key, size_t len, shardmap_hash *out)
 {
 	if (len == 0)
 		key = ""; /* both hashes accept any pointer for no bytes; give them a real one */
-	if (hash_fn == SHARDMAP_HASH_MD5)
-		return hash_md5(key, len, out);
+	if (hash_fn == SHARDMAP_HASH_MD5) {
+		hash_md5(key, len, out);
+		return SHARDMAP_OK;
+	}
 	/* XXH3-128's value is high64 << 64 | low64. Built as one 128-bit integer, gcc keeps the
 	 * halves in registers; assigned field by field, gcc 12 vectorises the swap through the
 	 * stack and stalls on store forwarding (13 ns instead of 6.5 ns per 24-byte key). */
