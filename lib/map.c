@@ -362,6 +362,8 @@ static void publish(shardmap *m, struct shardmap__version *nv, struct retired *r
 	/* Only writers store m->current, and we hold write_lock: a plain read is exact. */
 	struct shardmap__version *old = m->current;
 	nv->published_unix_ns = clock_ns(CLOCK_REALTIME);
+	/* Plain: m->publishes is only touched under write_lock, and readers read publish_seq
+	 * through the pointer stored below, after the fence (lookup.c's memo keys on it). */
 	nv->publish_seq = ++m->publishes;
 	SHARDMAP__TSAN_RELEASE(nv);
 	/* Orders every store that built nv (its records, nodes and the struct itself) before

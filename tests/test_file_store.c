@@ -72,6 +72,16 @@ static void write_chain(shardmap_store *s, uint64_t from, uint64_t to)
 	}
 }
 
+/* A fresh store in fx holding versions 0..3 compacted into its snapshot (journal empty). */
+static shardmap_store *compacted_store(struct fixture *fx)
+{
+	fixture_init(fx);
+	shardmap_store *s = open_store(fx);
+	write_chain(s, 0, 3);
+	cr_assert_eq(shardmap__file_store_compact(s, NULL), 0);
+	return s;
+}
+
 /* The digest of a map made by applying the chain 0 -> to directly. */
 static uint64_t expected_digest(uint64_t to)
 {
@@ -383,10 +393,7 @@ Test(file_store, corrupt_journal_fails_bootstrap_and_keeps_map)
 Test(file_store, corrupt_snapshot_fails_bootstrap_and_keeps_map)
 {
 	struct fixture fx;
-	fixture_init(&fx);
-	shardmap_store *s = open_store(&fx);
-	write_chain(s, 0, 3);
-	cr_assert_eq(shardmap__file_store_compact(s, NULL), 0);
+	shardmap_store *s = compacted_store(&fx);
 	shardmap *m = open_map();
 	cr_assert_eq(shardmap_bootstrap(m, s, NULL), 0);
 	shardmap_store_close(s);
@@ -444,10 +451,7 @@ Test(file_store, corrupt_snapshot_fails_bootstrap_and_keeps_map)
 Test(file_store, corrupt_snapshot_body_refuses_writes_after_a_cheap_open)
 {
 	struct fixture fx;
-	fixture_init(&fx);
-	shardmap_store *s = open_store(&fx);
-	write_chain(s, 0, 3);
-	cr_assert_eq(shardmap__file_store_compact(s, NULL), 0);
+	shardmap_store *s = compacted_store(&fx);
 	shardmap_store_close(s);
 	size_t len, jlen = (size_t)file_size(fx.journal);
 	uint8_t *snap = read_file(fx.snapshot, &len);
