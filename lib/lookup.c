@@ -17,6 +17,11 @@
  * records the section keeps alive. A cell is remembered only when its id hash is its own in
  * that version (shardmap__hamt_get_alone): then a shard's cell_hash names it exactly.
  *
+ * A batch (shardmap_route_keys) resolves the stream once, hashes up to
+ * SHARDMAP__BTREE_BATCH keys, walks the tree for all of them together
+ * (shardmap__btree_find_batch, which prefetches each next node and the shard records), then
+ * answers each: on a big stream the walks' cache misses overlap instead of adding up.
+ *
  * Every pointer a lookup returns points into records of that version, which the section
  * keeps alive until shardmap_read_end.
  */
