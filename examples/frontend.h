@@ -54,6 +54,11 @@ struct frontend {
 int fe_route(struct frontend *fe, shardmap_reader *r, const char *stream, const char *key,
              size_t key_len, shardmap_hash h, shardmap_route *out);
 
+/* Route n keys of one stream in one shardmap_route_keys call inside the caller's read
+ * section, timing it into the metrics as n lookups (frontend_http.c). */
+int fe_route_keys(struct frontend *fe, shardmap_reader *r, const char *stream,
+                  const shardmap_key *keys, size_t n, shardmap_route *out);
+
 /* The HTTP side (frontend_http.c). */
 struct MHD_Daemon *fe_http_start(struct frontend *fe, const struct sockaddr_in *addr,
                                  unsigned threads);

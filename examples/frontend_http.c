@@ -2,6 +2,10 @@
  * frontend_http.c - the example front-end's HTTP API (libmicrohttpd, fixed thread pool):
  *
  *   GET  /route?stream=S&key=K | &hash=DECIMAL   where a key goes (shard, range, cell, endpoints)
+ *   POST /route  {"stream": S, "records": [{"key": K} | {"hash": DECIMAL}, ...]}
+ *                                                where each of 1-500 records goes, shaped like
+ *                                                a Kinesis PutRecords request; one
+ *                                                shardmap_route_keys call routes them all
  *   POST /streams/S/records?key=K                forward the body to the owning cell
  *        (or the partition key in header X-Partition-Key)
  *   GET  /shards?stream=S                        the stream's shards
@@ -22,6 +26,7 @@
 #include "frontend.h"
 
 #define MAX_BODY (1u << 20)
+#define MAX_BATCH 500 /* records in one POST /route: PutRecords' limit */
 
 static const double bucket_bounds[FE_N_BUCKETS - 1] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -45,19 +50,36 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Count n lookups that took ns together into the lookup histogram (each at ns / n). */
+static void count_lookups(struct frontend *fe, size_t n, uint64_t ns)
+{
+	if (n == 0)
+		return;
+	double each = (double)ns / (double)n;
+	int b = 0;
+	while (b < FE_N_LOOKUP_BUCKETS - 1 && each > lookup_bounds_ns[b])
+		b++;
+	/* Relaxed: statistics only; /metrics reads them without ordering. */
+	atomic_fetch_add_explicit(&fe->metrics.lookup_buckets[b], n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&fe->metrics.lookup_ns_sum, ns, memory_order_relaxed);
+}
+
 int fe_route(struct frontend *fe, shardmap_reader *r, const char *stream, const char *key,
              size_t key_len, shardmap_hash h, shardmap_route *out)
 {
 	uint64_t t0 = now_ns();
 	int rc = key ? shardmap_route_key(r, stream, key, key_len, out)
 	             : shardmap_route_hash(r, stream, h, out);
-	uint64_t ns = now_ns() - t0;
-	int b = 0;
-	while (b < FE_N_LOOKUP_BUCKETS - 1 && (double)ns > lookup_bounds_ns[b])
-		b++;
-	/* Relaxed: statistics only; /metrics reads them without ordering. */
-	atomic_fetch_add_explicit(&fe->metrics.lookup_buckets[b], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&fe->metrics.lookup_ns_sum, ns, memory_order_relaxed);
+	count_lookups(fe, 1, now_ns() - t0);
+	return rc;
+}
+
+int fe_route_keys(struct frontend *fe, shardmap_reader *r, const char *stream,
+                  const shardmap_key *keys, size_t n, shardmap_route *out)
+{
+	uint64_t t0 = now_ns();
+	int rc = shardmap_route_keys(r, stream, keys, n, out);
+	count_lookups(fe, n, now_ns() - t0);
 	return rc;
 }
 
@@ -146,6 +168,86 @@ static enum MHD_Result get_route(struct frontend *fe, struct request *rq,
 	if (rc != 0)
 		return reply_map_error(rq, c, rc, stream);
 	return reply(rq, c, 200, o);
+}
+
+/* Parse a POST /route body into keys[] (pointing into doc) and hashes[]; *n records.
+ * Returns NULL, or what is wrong with it (msg may hold the text). */
+static const char *parse_batch(json_t *doc, const char **stream, shardmap_key *keys,
+                               shardmap_hash *hashes, size_t *n, char *msg, size_t msg_size)
+{
+	json_t *records = json_object_get(doc, "records");
+	*stream = json_string_value(json_object_get(doc, "stream"));
+	if (*stream == NULL || **stream == '\0')
+		return "missing field: stream";
+	if (!json_is_array(records) || json_array_size(records) == 0 ||
+	    json_array_size(records) > MAX_BATCH)
+		return "records must be an array of 1 to 500 records";
+	*n = json_array_size(records);
+	for (size_t i = 0; i < *n; i++) {
+		json_t *rec = json_array_get(records, i);
+		json_t *key = json_object_get(rec, "key"), *hash = json_object_get(rec, "hash");
+		if (!json_is_object(rec) || (key == NULL) == (hash == NULL) ||
+		    (key && !json_is_string(key)) || (hash && !json_is_string(hash))) {
+			snprintf(msg, msg_size, "record %zu: give exactly one of key and hash, "
+			         "as strings", i);
+			return msg;
+		}
+		keys[i] = (shardmap_key){.data = key ? json_string_value(key) : NULL,
+		                         .len = key ? json_string_length(key) : 0};
+		if (hash == NULL)
+			continue;
+		if (shardmap_hash_parse(json_string_value(hash), &hashes[i]) != 0) {
+			snprintf(msg, msg_size, "record %zu: hash: %s", i,
+			         shardmap_hash_parse_error(json_string_value(hash)));
+			return msg;
+		}
+		keys[i].explicit_hash = &hashes[i];
+	}
+	return NULL;
+}
+
+static enum MHD_Result post_route(struct frontend *fe, struct request *rq,
+                                  struct MHD_Connection *c)
+{
+	if (rq->body.too_large)
+		return reply_error(rq, c, 413, "body larger than 1 MiB");
+	json_error_t jerr;
+	json_t *doc = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, 0, &jerr);
+	if (doc == NULL) {
+		char msg[240];
+		snprintf(msg, sizeof msg, "body is not JSON: %s", jerr.text);
+		return reply_error(rq, c, 400, msg);
+	}
+	static _Thread_local shardmap_key keys[MAX_BATCH];
+	static _Thread_local shardmap_hash hashes[MAX_BATCH];
+	static _Thread_local shardmap_route routes[MAX_BATCH];
+	const char *stream;
+	size_t n = 0;
+	char msg[240];
+	const char *bad = parse_batch(doc, &stream, keys, hashes, &n, msg, sizeof msg);
+	if (bad != NULL) {
+		enum MHD_Result ret = reply_error(rq, c, 400, bad);
+		json_decref(doc);
+		return ret;
+	}
+	shardmap_reader *r = ex_thread_reader(fe->map);
+	int rc = r ? 0 : SHARDMAP_ENOMEM;
+	json_t *out = NULL;
+	if (r != NULL) {
+		shardmap_read_begin(r);
+		rc = fe_route_keys(fe, r, stream, keys, n, routes);
+		if (rc == 0) {
+			json_t *arr = json_array();
+			for (size_t i = 0; i < n; i++)
+				json_array_append_new(arr, route_json(&routes[i]));
+			out = json_pack("{s:s, s:I, s:o}", "stream", stream, "version",
+			                (json_int_t)routes[0].version, "routes", arr);
+		}
+		shardmap_read_end(r);
+	}
+	enum MHD_Result ret = rc == 0 ? reply(rq, c, 200, out) : reply_map_error(rq, c, rc, stream);
+	json_decref(doc);
+	return ret;
 }
 
 /* The shape and size of a /route answer, built and serialised like one, without the map. */
@@ -366,7 +468,8 @@ static enum MHD_Result handle(void *ctx, struct MHD_Connection *c, const char *u
 	int get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
 	switch (rq->ep) {
 	case FE_ROUTE:
-		return get ? get_route(fe, rq, c) : reply_error(rq, c, 405, "use GET");
+		return get ? get_route(fe, rq, c)
+		           : post ? post_route(fe, rq, c) : reply_error(rq, c, 405, "use GET or POST");
 	case FE_RECORDS:
 		return post ? post_records(fe, rq, c, url) : reply_error(rq, c, 405, "use POST");
 	case FE_SHARDS:

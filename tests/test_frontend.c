@@ -236,10 +236,90 @@ Test(frontend, route_answers_and_rejects_bad_requests)
 	json_decref(j);
 	cr_assert_eq(fe_get("/route?stream=nosuch&key=a", &j), 404);
 	json_decref(j);
-	cr_assert_eq(fe_post("/route?stream=orders&key=a", "x", NULL, &j), 405);
+	cr_assert_eq(fe_post("/streams/orders/nosuch", "x", NULL, &j), 404);
+	json_decref(j);
+	cr_assert_eq(fe_get("/streams/orders/records", &j), 405);
 	json_decref(j);
 	cr_assert_eq(fe_get("/nosuch", &j), 404);
 	json_decref(j);
+}
+
+/* POST /route: a PutRecords-shaped batch routed by one shardmap_route_keys call. */
+Test(frontend, batch_route_answers_as_single_routes)
+{
+	shardmap_hash h = shardmap_hash_key(SHARDMAP_HASH_MD5, "carol", 5);
+	char dec[SHARDMAP_HASH_DECIMAL_MAX], body[512];
+	shardmap_hash_format(h, dec);
+	snprintf(body, sizeof body,
+	         "{\"stream\": \"orders\", \"records\": [{\"key\": \"alice\"}, "
+	         "{\"key\": \"bob\"}, {\"hash\": \"%s\"}, {\"key\": \"\"}]}", dec);
+	json_t *j, *one;
+	cr_assert_eq(fe_post("/route", body, NULL, &j), 200);
+	json_t *routes = json_object_get(j, "routes");
+	cr_assert_eq(json_array_size(routes), 4);
+	cr_assert_eq(json_integer_value(json_object_get(j, "version")), 2);
+	const char *paths[] = {"/route?stream=orders&key=alice", "/route?stream=orders&key=bob",
+	                       "/route?stream=orders&key=carol", "/route?stream=orders&key="};
+	for (size_t i = 0; i < 4; i++) {
+		cr_assert_eq(fe_get(paths[i], &one), 200);
+		json_t *rt = json_array_get(routes, i);
+		cr_assert_str_eq(json_string_value(json_object_get(rt, "shard")),
+		                 json_string_value(json_object_get(one, "shard")),
+		                 "record %zu routes as %s", i, paths[i]);
+		cr_assert_str_eq(json_string_value(json_object_get(rt, "cell")),
+		                 json_string_value(json_object_get(one, "cell")));
+		json_decref(one);
+	}
+	json_decref(j);
+}
+
+Test(frontend, batch_route_rejects_bad_batches)
+{
+	static const struct {
+		const char *body;
+		long status;
+		const char *says;
+	} cases[] = {
+	    {"x", 400, "not JSON"},
+	    {"", 400, "not JSON"},
+	    {"{\"records\": [{\"key\": \"a\"}]}", 400, "stream"},
+	    {"{\"stream\": \"orders\"}", 400, "1 to 500"},
+	    {"{\"stream\": \"orders\", \"records\": []}", 400, "1 to 500"},
+	    {"{\"stream\": \"orders\", \"records\": {}}", 400, "1 to 500"},
+	    {"{\"stream\": \"orders\", \"records\": [{\"key\": \"a\"}, {\"key\": \"b\", "
+	     "\"hash\": \"1\"}]}",
+	     400, "record 1"},
+	    {"{\"stream\": \"orders\", \"records\": [{}]}", 400, "record 0"},
+	    {"{\"stream\": \"orders\", \"records\": [{\"key\": 7}]}", 400, "record 0"},
+	    {"{\"stream\": \"orders\", \"records\": [\"a\"]}", 400, "record 0"},
+	    {"{\"stream\": \"orders\", \"records\": [{\"hash\": \"-1\"}]}", 400,
+	     "record 0: hash"},
+	    {"{\"stream\": \"nosuch\", \"records\": [{\"key\": \"a\"}]}", 404, "nosuch"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		json_t *j;
+		cr_assert_eq(fe_post("/route", cases[i].body, NULL, &j), cases[i].status, "case %zu",
+		             i);
+		json_t *err = json_object_get(j, "error"), *st = json_object_get(j, "stream");
+		const char *text = json_string_value(err);
+		cr_assert(text != NULL, "case %zu: an error message", i);
+		cr_assert(strstr(text, cases[i].says) != NULL ||
+		              (st && strstr(json_string_value(st), cases[i].says) != NULL),
+		          "case %zu: '%s' should say '%s'", i, text, cases[i].says);
+		json_decref(j);
+	}
+	/* 501 records: one over PutRecords' limit */
+	size_t cap = 32 + 501 * 12;
+	char *big = malloc(cap);
+	cr_assert_not_null(big);
+	size_t n = (size_t)snprintf(big, cap, "{\"stream\": \"orders\", \"records\": [");
+	for (int i = 0; i < 501; i++)
+		n += (size_t)snprintf(big + n, cap - n, "%s{\"key\":\"k\"}", i ? "," : "");
+	snprintf(big + n, cap - n, "]}");
+	json_t *j;
+	cr_assert_eq(fe_post("/route", big, NULL, &j), 400);
+	json_decref(j);
+	free(big);
 }
 
 Test(frontend, shards_healthz_metrics)
