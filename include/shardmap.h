@@ -388,7 +388,8 @@ typedef struct shardmap_peers_options {
  * Thread-safety: MT-safe. */
 SHARDMAP_API void shardmap_peers_options_init(shardmap_peers_options *o);
 /* Start sharing m's versions with peers on pool p: listen, observe m's publishes, push new
- * deltas to fanout random peers, run anti-entropy every interval_ms. Never bootstraps m
+ * deltas to fanout random peers and announce each new version to the other connected ones
+ * (a peer behind pulls), run anti-entropy every interval_ms. Never bootstraps m
  * from peers (an empty map takes nothing from them); a gap older than the ring asks m's
  * store follower to catch up. o may be NULL for the defaults (zero fields take defaults).
  * Returns: 0; SHARDMAP_EINVAL (NULL m, p or out, bad options size, fanout > 64, a key
