@@ -365,6 +365,57 @@ Test(peers, two_nodes_converge_both_ways)
 	shardmap_pool_close(p);
 }
 
+static int two_connected(void *arg)
+{
+	return stats_of(arg).peers_connected == 2;
+}
+
+/* A push to fanout peers misses some of a node's neighbours; they get the new version in an
+ * announce at once, not at the next anti-entropy round (here: never, it is an hour away). */
+Test(peers, a_publish_announces_to_the_connections_it_did_not_push_to, .timeout = 60)
+{
+	shardmap_pool *p;
+	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_peers_options o;
+	shardmap_peers_options_init(&o);
+	o.fanout = 1;
+	o.interval_ms = 3600 * 1000;
+	struct node a = {0};
+	node_up(&a, p, &o);
+	int fd[2];
+	for (int i = 0; i < 2; i++) {
+		uint8_t nonce[SHARDMAP__NONCE];
+		fd[i] = raw_connect(shardmap_peers_address(a.ps));
+		raw_expect_hello(fd[i], nonce);
+		raw_hello(fd[i], NULL, i ? "raw-1" : "raw-0", 1);
+	}
+	cr_assert(wait_for(two_connected, &a), "both raw peers finished the handshake");
+	apply_ok(a.m, step_delta(1, 0, "e"));
+	int deltas = 0, announces = 0;
+	for (int i = 0; i < 2; i++) {
+		uint8_t buf[64 * 1024];
+		struct shardmap__frame_header h;
+		cr_assert_gt(raw_read_frame(fd[i], buf, sizeof buf, &h), 0, "peer %d heard", i);
+		if (h.type == SHARDMAP__FRAME_DELTA) {
+			deltas++;
+			continue;
+		}
+		cr_assert_eq(h.type, SHARDMAP__FRAME_ANNOUNCE, "peer %d: a delta or an announce", i);
+		struct shardmap__announce an;
+		cr_assert_eq(shardmap__announce_decode(buf + SHARDMAP__FRAME_HEADER, h.length, &an),
+			     0);
+		cr_assert_eq(an.version, 2, "the new version");
+		cr_assert_eq(an.flags & SHARDMAP__ANNOUNCE_REPLY, 0, "asking no reply");
+		announces++;
+	}
+	cr_assert_eq(deltas, 1, "fanout 1: one push");
+	cr_assert_eq(announces, 1, "the other connection hears the version");
+	close(fd[0]);
+	close(fd[1]);
+	node_down(&a);
+	shardmap_pool_close(p);
+}
+
 Test(peers, fifty_nodes_on_one_pool, .timeout = 240)
 {
 	enum { N = 50, DELTAS = 10 };
