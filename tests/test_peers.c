@@ -372,7 +372,7 @@ static int two_connected(void *arg)
 
 /* A push to fanout peers misses some of a node's neighbours; they get the new version in an
  * announce at once, not at the next anti-entropy round (here: never, it is an hour away). */
-Test(peers, a_publish_announces_to_the_connections_it_did_not_push_to, .timeout = 60)
+Test(peers, a_publish_announces_to_the_connections_it_did_not_push_to)
 {
 	shardmap_pool *p;
 	cr_assert_eq(shardmap_pool_open(2, &p), 0);
