@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "delta_gen.h"
 #include "map.h"
 #include "peers.h"
 
@@ -50,31 +51,10 @@
 
 static const shardmap_hash MAXH = {UINT64_MAX, UINT64_MAX};
 
-static uint64_t next_rand(uint64_t *s)
-{
-	uint64_t x = *s;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*s = x;
-	return x * 0x2545f4914f6cdd1dull;
-}
-
-static shardmap_hash add1(shardmap_hash a)
-{
-	shardmap_hash r = {a.hi + (a.lo == UINT64_MAX), a.lo + 1};
-	return r;
-}
-
 /* start + (end - start) / 2 */
 static shardmap_hash midpoint(shardmap_hash start, shardmap_hash end)
 {
-	shardmap_hash d = {end.hi - start.hi - (end.lo < start.lo), end.lo - start.lo};
-	d.lo = d.lo >> 1 | d.hi << 63;
-	d.hi >>= 1;
-	shardmap_hash r = {start.hi + d.hi, start.lo + d.lo};
-	r.hi += r.lo < start.lo;
-	return r;
+	return gen_hash_add(start, gen_hash_shr(gen_hash_sub(end, start), 1));
 }
 
 /* ---------------------------------------------------------------- nodes */
@@ -276,12 +256,12 @@ static void *reader_main(void *arg)
 	for (int i = 0; i < NODES; i++)
 		must(shardmap_reader_open(nodes[i].m, &r[i]), "reader_open");
 	while (!atomic_load_explicit(&stop, memory_order_acquire)) {
-		int node = (int)(next_rand(&rd->seed) % NODES);
+		int node = (int)(gen_rand(&rd->seed) % NODES);
 		shardmap_read_begin(r[node]);
 		for (int k = 0; k < 16; k++) {
 			char key[32];
 			int len = snprintf(key, sizeof key, "k%llx",
-					   (unsigned long long)next_rand(&rd->seed));
+					   (unsigned long long)gen_rand(&rd->seed));
 			shardmap_hash h = shardmap_hash_key(SHARDMAP_HASH_XXH3, key, (size_t)len);
 			shardmap_route rt;
 			int rc = shardmap_route_key(r[node], STREAM, key, (size_t)len, &rt);
@@ -308,8 +288,8 @@ static void *churn_main(void *arg)
 {
 	uint64_t seed = 0xc0ffee;
 	while (!atomic_load_explicit(&stop, memory_order_acquire)) {
-		int i = (int)(next_rand(&seed) % NODES);
-		int j = (int)((i + 1 + next_rand(&seed) % (NODES - 1)) % NODES);
+		int i = (int)(gen_rand(&seed) % NODES);
+		int j = (int)((i + 1 + gen_rand(&seed) % (NODES - 1)) % NODES);
 		must(shardmap_peers_remove(nodes[i].ps, nodes[j].addr), "peers_remove");
 		must(shardmap_peers_add(nodes[i].ps, nodes[j].addr), "peers_add");
 		atomic_fetch_add_explicit(&churns, 1, memory_order_relaxed);
@@ -344,36 +324,36 @@ static shardmap_delta *next_delta(struct writer *w)
 	shardmap *m = nodes[0].m;
 	shardmap_delta *d = NULL;
 	char id[32], cell[16], id2[32], cell2[16];
-	shardmap_hash h = {next_rand(&w->seed), next_rand(&w->seed)};
+	shardmap_hash h = {gen_rand(&w->seed), gen_rand(&w->seed)};
 	shardmap_route rt = pick(w, h, id, cell);
-	unsigned op = (unsigned)(next_rand(&w->seed) % 100);
+	unsigned op = (unsigned)(gen_rand(&w->seed) % 100);
 	if (op < 35 && w->open < MAX_OPEN) {
 		must(shardmap_plan_split(m, STREAM, id, midpoint(rt.start, rt.end), &d), "split");
 		w->open++;
 		w->splits++;
 	} else if (op < 70 && w->open > MIN_OPEN && shardmap_hash_cmp(rt.end, MAXH) != 0) {
-		pick(w, add1(rt.end), id2, cell2);
+		pick(w, gen_hash_add(rt.end, (shardmap_hash){0, 1}), id2, cell2);
 		must(shardmap_plan_merge(m, STREAM, id, id2, &d), "merge");
 		w->open--;
 		w->merges++;
 	} else if (op < 90) {
 		char to[16];
 		do
-			snprintf(to, sizeof to, "c%d", (int)(next_rand(&w->seed) % CELLS));
+			snprintf(to, sizeof to, "c%d", (int)(gen_rand(&w->seed) % CELLS));
 		while (strcmp(to, cell) == 0);
 		must(shardmap_plan_move(m, STREAM, id, to, &d), "move");
 		w->moves++;
 	} else {
 		uint64_t v = shardmap_version(m);
-		int c = (int)(next_rand(&w->seed) % CELLS);
+		int c = (int)(gen_rand(&w->seed) % CELLS);
 		char name[16], ep[2][32];
 		snprintf(name, sizeof name, "c%d", c);
 		for (int k = 0; k < 2; k++)
 			snprintf(ep[k], sizeof ep[k], "c%d:%d", c,
-				 1 + (int)(next_rand(&w->seed) % 65535));
+				 1 + (int)(gen_rand(&w->seed) % 65535));
 		const char *eps[] = {ep[0], ep[1]};
 		must(shardmap_delta_new(v, v + 1, &d), "delta_new");
-		must(shardmap_delta_put_cell(d, name, eps, 1 + (next_rand(&w->seed) & 1)),
+		must(shardmap_delta_put_cell(d, name, eps, 1 + (gen_rand(&w->seed) & 1)),
 		     "put_cell");
 		w->endpoints++;
 	}

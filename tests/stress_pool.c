@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "delta_gen.h"
 #include "pool.h"
 
 #define CLIENTS		8
@@ -119,16 +120,6 @@ struct client {
 	pthread_cond_t cond; /* broadcast by callbacks after every change */
 	struct tctx tasks[KINDS];
 };
-
-static uint64_t next_rand(uint64_t *s)
-{
-	uint64_t x = *s;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*s = x;
-	return x * 0x2545f4914f6cdd1dull;
-}
 
 /* ---------------------------------------------------------------- callbacks */
 
@@ -309,7 +300,7 @@ static void drive_pipe(struct client *c, struct tctx *x)
 	for (int i = 0; i < PIPE_CHUNKS; i++) {
 		if (i == PIPE_CHUNKS / 2)
 			must(shardmap__task_watch(x->t, -1, 0), c, "unwatch");
-		size_t n = 1 + next_rand(&c->rng) % sizeof buf;
+		size_t n = 1 + gen_rand(&c->rng) % sizeof buf;
 		write_all(x->wfd, buf, n);
 		total += (long)n;
 		if (i == PIPE_CHUNKS / 2)
@@ -339,7 +330,7 @@ static void iteration(struct client *c)
 	write_all(doomed->wfd, "x", 1);
 	must(shardmap__task_timer(doomed->t, 0), c, "doomed timer");
 	wake(doomed, 1);
-	if (next_rand(&c->rng) & 1)
+	if (gen_rand(&c->rng) & 1)
 		sched_yield(); /* sometimes let a callback start first (timing only, not a wait) */
 	close_outside(c, doomed);
 	write_all(doomed->wfd, "y", 1);

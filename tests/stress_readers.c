@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "delta_gen.h"
 #include "map.h"
 #include "mem.h"
 
@@ -32,33 +33,9 @@
 
 static const shardmap_hash MAXH = {UINT64_MAX, UINT64_MAX};
 
-static uint64_t next_rand(uint64_t *s)
-{
-	uint64_t x = *s;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*s = x;
-	return x * 0x2545f4914f6cdd1dull;
-}
-
 static int hash_le(shardmap_hash a, shardmap_hash b)
 {
 	return shardmap_hash_cmp(a, b) <= 0;
-}
-
-static shardmap_hash add(shardmap_hash a, shardmap_hash b)
-{
-	shardmap_hash r = {a.hi + b.hi, a.lo + b.lo};
-	r.hi += r.lo < a.lo;
-	return r;
-}
-
-static shardmap_hash sub(shardmap_hash a, shardmap_hash b)
-{
-	shardmap_hash r = {a.hi - b.hi, a.lo - b.lo};
-	r.hi -= a.lo < b.lo;
-	return r;
 }
 
 /* ---------------------------------------------------------------- readers */
@@ -144,7 +121,7 @@ static void *reader_main(void *arg)
 	atomic_fetch_add_explicit(&started, 1, memory_order_relaxed);
 	uint64_t last_version = 0;
 	while (!atomic_load_explicit(&stop, memory_order_acquire)) {
-		int n = 1 + (int)(next_rand(&rd->seed) % 32); /* lookups in this section */
+		int n = 1 + (int)(gen_rand(&rd->seed) % 32); /* lookups in this section */
 		/* every other section routes its keys in one shardmap_route_keys call */
 		int batched = rd->sections % 2 == 1;
 		char keys[32][32];
@@ -152,7 +129,7 @@ static void *reader_main(void *arg)
 		shardmap_route rts[32];
 		for (int i = 0; i < n; i++) {
 			int len = snprintf(keys[i], sizeof keys[i], "k%llx",
-					   (unsigned long long)next_rand(&rd->seed));
+					   (unsigned long long)gen_rand(&rd->seed));
 			batch[i] = (shardmap_key){.data = keys[i], .len = (size_t)len};
 		}
 		shardmap_read_begin(r);
@@ -206,7 +183,7 @@ static void pick(struct writer *w, shardmap_hash h, char id[32], shardmap_hash *
 
 static shardmap_hash random_hash(struct writer *w)
 {
-	shardmap_hash h = {next_rand(&w->seed), next_rand(&w->seed)};
+	shardmap_hash h = {gen_rand(&w->seed), gen_rand(&w->seed)};
 	return h;
 }
 
@@ -226,18 +203,18 @@ static shardmap_delta *plan_split(struct writer *w)
 	char id[32];
 	shardmap_hash start, end, off;
 	pick(w, random_hash(w), id, &start, &end, NULL);
-	shardmap_hash span = sub(end, start);
+	shardmap_hash span = gen_hash_sub(end, start);
 	if (span.hi > 0) {
-		off.hi = next_rand(&w->seed) % span.hi; /* < span, and >= 2 from the low word */
-		off.lo = next_rand(&w->seed) | 2;
+		off.hi = gen_rand(&w->seed) % span.hi; /* < span, and >= 2 from the low word */
+		off.lo = gen_rand(&w->seed) | 2;
 	} else if (span.lo >= 3) {
 		off.hi = 0;
-		off.lo = 2 + next_rand(&w->seed) % (span.lo - 2);
+		off.lo = 2 + gen_rand(&w->seed) % (span.lo - 2);
 	} else {
 		return NULL;
 	}
 	shardmap_delta *d = NULL;
-	if (shardmap_plan_split(map, STREAM, id, add(start, off), &d) != 0) {
+	if (shardmap_plan_split(map, STREAM, id, gen_hash_add(start, off), &d) != 0) {
 		fprintf(stderr, "writer: split %s: %s\n", id, shardmap_plan_error());
 		exit(1);
 	}
@@ -255,8 +232,8 @@ static shardmap_delta *plan_merge(struct writer *w)
 	pick(w, random_hash(w), a, &start, &end, NULL);
 	if (shardmap_hash_cmp(end, MAXH) == 0)
 		return NULL;
-	pick(w, add(end, (shardmap_hash){0, 1}), b, &s2, &e2, NULL);
-	int swap = next_rand(&w->seed) & 1;
+	pick(w, gen_hash_add(end, (shardmap_hash){0, 1}), b, &s2, &e2, NULL);
+	int swap = gen_rand(&w->seed) & 1;
 	shardmap_delta *d = NULL;
 	if (shardmap_plan_merge(map, STREAM, swap ? b : a, swap ? a : b, &d) != 0) {
 		fprintf(stderr, "writer: merge %s %s: %s\n", a, b, shardmap_plan_error());
@@ -275,7 +252,7 @@ static shardmap_delta *plan_move(struct writer *w)
 	shardmap_hash start, end;
 	pick(w, random_hash(w), id, &start, &end, owner);
 	do
-		snprintf(cell, sizeof cell, "c%d", (int)(next_rand(&w->seed) % CELLS));
+		snprintf(cell, sizeof cell, "c%d", (int)(gen_rand(&w->seed) % CELLS));
 	while (strcmp(cell, owner) == 0);
 	shardmap_delta *d = NULL;
 	if (shardmap_plan_move(map, STREAM, id, cell, &d) != 0) {
@@ -301,12 +278,12 @@ static shardmap_delta *new_endpoints(struct writer *w)
 	shardmap_delta *d;
 	must(shardmap_delta_new(v, v + 1, &d), "delta_new");
 	char cell[16], ep[2][48];
-	int c = (int)(next_rand(&w->seed) % CELLS);
+	int c = (int)(gen_rand(&w->seed) % CELLS);
 	snprintf(cell, sizeof cell, "c%d", c);
 	for (int i = 0; i < 2; i++)
-		snprintf(ep[i], sizeof ep[i], "c%d:%d", c, 1 + (int)(next_rand(&w->seed) % 65535));
+		snprintf(ep[i], sizeof ep[i], "c%d:%d", c, 1 + (int)(gen_rand(&w->seed) % 65535));
 	const char *eps[] = {ep[0], ep[1]};
-	must(shardmap_delta_put_cell(d, cell, eps, 1 + (next_rand(&w->seed) & 1)), "put_cell");
+	must(shardmap_delta_put_cell(d, cell, eps, 1 + (gen_rand(&w->seed) & 1)), "put_cell");
 	w->cells++;
 	return d;
 }
@@ -330,7 +307,7 @@ static shardmap_delta *next_batch(struct writer *w)
 {
 	shardmap_delta *d = NULL;
 	while (d == NULL) {
-		unsigned op = (unsigned)(next_rand(&w->seed) % 100);
+		unsigned op = (unsigned)(gen_rand(&w->seed) % 100);
 		if (op < 35 && w->open < MAX_OPEN)
 			d = plan_split(w);
 		else if (op < 70 && w->open > MIN_OPEN)
