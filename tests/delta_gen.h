@@ -179,6 +179,25 @@ static inline shardmap_delta *gen_map_delta(uint64_t seed, uint64_t version, uns
 	return d;
 }
 
+/* Put cells "c0" .. "c<n-1>" into d, each with the one endpoint "cK:7000" (an endpoint
+ * that names its cell: the stress checks rely on it); names[k] gets cell k's id and
+ * owners[k] points at it. Returns 0 or the first put's error. */
+static inline int gen_named_cells(shardmap_delta *d, unsigned n, char (*names)[8],
+				  const char **owners)
+{
+	for (unsigned c = 0; c < n; c++) {
+		char ep[24];
+		const char *eps[1] = {ep};
+		snprintf(names[c], 8, "c%u", c);
+		snprintf(ep, sizeof ep, "c%u:7000", c);
+		int rc = shardmap_delta_put_cell(d, names[c], eps, 1);
+		if (rc != 0)
+			return rc;
+		owners[c] = names[c];
+	}
+	return 0;
+}
+
 /* A small valid follow-up delta from -> to: puts a cell named after to_version (so every
  * delta of a chain is distinguishable) with the writer tag in its endpoint host. */
 static inline shardmap_delta *gen_step_delta(uint64_t from, uint64_t to, const char *tag)

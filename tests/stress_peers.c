@@ -142,14 +142,8 @@ static void nodes_open(void)
 	shardmap_delta *cells, *stream;
 	must(shardmap_delta_new(0, 1, &cells), "delta_new");
 	const char *owners[CELLS];
-	char names[CELLS][8], eps[CELLS][24];
-	for (int c = 0; c < CELLS; c++) {
-		snprintf(names[c], sizeof names[c], "c%d", c);
-		snprintf(eps[c], sizeof eps[c], "c%d:7000", c);
-		const char *ep[] = {eps[c]};
-		must(shardmap_delta_put_cell(cells, names[c], ep, 1), "put_cell");
-		owners[c] = names[c];
-	}
+	char names[CELLS][8];
+	must(gen_named_cells(cells, CELLS, names, owners), "put_cell");
 	apply_must(nodes[0].m, cells);
 	must(shardmap_plan_create_stream(nodes[0].m, STREAM, SHARDMAP_HASH_XXH3, BASE_SHARDS,
 					 owners, CELLS, &stream),

@@ -328,14 +328,8 @@ static void setup(struct writer *w)
 	shardmap_delta *d;
 	must(shardmap_delta_new(0, 1, &d), "delta_new");
 	const char *cells[CELLS];
-	char names[CELLS][8], eps[CELLS][24];
-	for (int i = 0; i < CELLS; i++) {
-		snprintf(names[i], sizeof names[i], "c%d", i);
-		snprintf(eps[i], sizeof eps[i], "c%d:7000", i);
-		const char *ep[] = {eps[i]};
-		must(shardmap_delta_put_cell(d, names[i], ep, 1), "put_cell");
-		cells[i] = names[i];
-	}
+	char names[CELLS][8];
+	must(gen_named_cells(d, CELLS, names, cells), "put_cell");
 	shardmap_error why;
 	must(shardmap_apply(map, d, &why), why.message);
 	shardmap_delta_free(d);
