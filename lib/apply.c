@@ -1069,7 +1069,23 @@ void shardmap__apply_set_bulk_min_ops(size_t n)
 	atomic_store_explicit(&bulk_min_ops, n, memory_order_relaxed);
 }
 
-/* Flush every stream still queued, then check the end-of-batch invariants. */
+/* Give each stream the batch changed the jump table of its open tree (the change dropped
+ * the old one; see shardmap__btree_seal), now that the tree is final. */
+static int seal_touched(struct apply_ctx *c)
+{
+	for (const struct touched *tc = c->touched_list; tc != NULL; tc = tc->next) {
+		struct shardmap__stream *st =
+		    (struct shardmap__stream *)shardmap__version_stream(c->v, tc->name);
+		if (st == NULL || st->gen != c->t->gen)
+			continue; /* deleted, or never copied: its tree did not change */
+		c->op = tc->last_op; /* what an out-of-memory message names */
+		if (shardmap__btree_seal(c->t, &st->open) != 0)
+			return nomem(c);
+	}
+	return SHARDMAP_OK;
+}
+
+/* Flush every stream still queued, check the end-of-batch invariants, then seal. */
 static int end_of_batch(struct apply_ctx *c)
 {
 	for (struct touched *tc = c->touched_list; tc != NULL; tc = tc->next) {
@@ -1088,7 +1104,7 @@ static int end_of_batch(struct apply_ctx *c)
 	check_orphans(c);
 	if (c->violation.code != 0 && c->why != NULL)
 		*c->why = c->violation;
-	return c->violation.code;
+	return c->violation.code ? c->violation.code : seal_touched(c);
 }
 
 int shardmap__apply_ops(struct shardmap__txn *t, struct shardmap__version *v,

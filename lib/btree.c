@@ -28,6 +28,13 @@
  * A bulk build (shardmap__btree_build) makes that same in-order shape bottom-up from sorted
  * starts: full leaves, then full inner levels over them, each node made once.
  *
+ * Jump table: a sealed tree of 3 levels or more (and at most 4,096 values) carries a table
+ * from the top bits of a hash to the deepest node whose range holds all the hashes with those
+ * bits, and searches start there. With about four values an entry, most entries name a leaf,
+ * so a 1,024-shard lookup does one node search instead of three. Any change drops the table
+ * (it names nodes the change replaces); apply seals each tree it changed when the batch is
+ * done (shardmap__btree_seal rebuilds the table in one pass over the nodes).
+ *
  * Changes are copy-on-write through a transaction (txn.h): the nodes of the root-to-leaf path
  * (and any sibling a delete touches) that the transaction does not own are copied and the
  * originals retired; owned nodes are changed in place. Every step that can fail (allocating,
@@ -43,6 +50,7 @@
  * list only after the grace period of the version that still used them, so no reader sees
  * freed memory.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "btree.h"
@@ -171,16 +179,39 @@ rank_avx2(const struct bt_node *nd, shardmap_hash h)
 }
 #endif
 
-/* The descent of find, instantiated once per node search. From the root's height and the
- * invariants (slot 0 of an inner node is 0, separators are exact) the rank in an inner node
- * is at least 1, and in a leaf it is 0 only below the tree's smallest start. */
+/* ------------------------------------------------------------------ the jump table */
+
+#define BT_LEVEL_MASK ((uintptr_t)63) /* a jump entry's level, below the node's alignment */
+
+/* Where a search for h starts: the jump table's node for h's top bits and that node's level
+ * (1 = leaf), or the root and the tree's height. Returns 0 for an empty tree. */
+__attribute__((always_inline)) static inline int walk_start(const struct shardmap__btree *t,
+							    shardmap_hash h,
+							    const struct bt_node **nd,
+							    unsigned *level)
+{
+	if (t->jump != NULL) {
+		uintptr_t e = t->jump[h.hi >> t->jump_shift];
+		*nd = (const struct bt_node *)(e & ~BT_LEVEL_MASK);
+		*level = (unsigned)(e & BT_LEVEL_MASK);
+		return 1;
+	}
+	*nd = t->root;
+	*level = t->height;
+	return *nd != NULL;
+}
+
+/* The descent of find, instantiated once per node search. From the starting node's level
+ * and the invariants (slot 0 of an inner node is 0, separators are exact) the rank in an
+ * inner node is at least 1, and in a leaf it is 0 only below the tree's smallest start. */
 #define BT_DEFINE_FIND(name, rank, attr)                                                           \
 	attr static const void *name(const struct shardmap__btree *t, shardmap_hash h)             \
 	{                                                                                          \
-		const struct bt_node *nd = t->root;                                                \
-		if (nd == NULL)                                                                    \
+		const struct bt_node *nd;                                                          \
+		unsigned level;                                                                    \
+		if (!walk_start(t, h, &nd, &level))                                                \
 			return NULL;                                                               \
-		for (unsigned level = t->height; level > 1; level--) {                             \
+		for (; level > 1; level--) {                                                       \
 			nd = nd->ptr[rank(nd, h) - 1];                                             \
 			__builtin_prefetch(&nd->ptr[0]);                                           \
 			__builtin_prefetch(&nd->ptr[BT_WAY / 2]);                                  \
@@ -198,7 +229,8 @@ static inline void prefetch_node(const struct bt_node *nd)
 	__builtin_prefetch(&nd->ptr[BT_WAY / 2]);
 }
 
-/* The batched descent (shardmap__btree_find_batch): one level of every walk at a time. The
+/* The batched descent (shardmap__btree_find_batch): one level of every walk at a time, each
+ * walk joining in at the level its jump entry starts it (usually all at one level). The
  * values are prefetched too: the caller reads each one next (a shard record; 128 bytes cover
  * what a route reads of it wherever it starts within a line). */
 #define BT_DEFINE_FIND_BATCH(name, rank, attr)                                                     \
@@ -206,15 +238,24 @@ static inline void prefetch_node(const struct bt_node *nd)
 			      const void **values)                                                 \
 	{                                                                                          \
 		const struct bt_node *nd[SHARDMAP__BTREE_BATCH];                                   \
-		for (size_t i = 0; i < n; i++)                                                     \
-			nd[i] = t->root;                                                           \
+		unsigned char lv[SHARDMAP__BTREE_BATCH];                                           \
+		unsigned top = 0;                                                                  \
 		if (t->root == NULL) {                                                             \
 			for (size_t i = 0; i < n; i++)                                             \
 				values[i] = NULL;                                                  \
 			return;                                                                    \
 		}                                                                                  \
-		for (unsigned level = t->height; level > 1; level--)                               \
+		for (size_t i = 0; i < n; i++) {                                                   \
+			unsigned level;                                                            \
+			walk_start(t, hs[i], &nd[i], &level);                                      \
+			prefetch_node(nd[i]);                                                      \
+			lv[i] = (unsigned char)level;                                              \
+			top = level > top ? level : top;                                           \
+		}                                                                                  \
+		for (unsigned level = top; level > 1; level--)                                     \
 			for (size_t i = 0; i < n; i++) {                                           \
+				if (lv[i] < level)                                                 \
+					continue;                                                  \
 				nd[i] = nd[i]->ptr[rank(nd[i], hs[i]) - 1];                        \
 				prefetch_node(nd[i]);                                              \
 			}                                                                          \
@@ -493,6 +534,91 @@ static void link_path(struct shardmap__btree *tree, struct bt_path *p, const str
 	}
 }
 
+/* ------------------------------------------------------------------ jump table upkeep */
+
+/* A change drops the table: it names nodes the change copies or moves keys out of. The
+ * fallible half, last among a change's fallible steps: retire it (a published version may
+ * still be reading it). The other half, once nothing can fail, is tree->jump = NULL. */
+static int retire_jump(struct shardmap__txn *t, const struct shardmap__btree *tree)
+{
+	if (tree->jump == NULL || shardmap__txn_retire(t, (void *)tree->jump) == 0)
+		return 0;
+	return SHARDMAP_ENOMEM;
+}
+
+/* Entry indices of the jump table with shift s: the first entry all of whose hashes are >=
+ * lo, and one past the last entry all of whose hashes are <= hi. */
+static uint64_t entry_from(shardmap_hash lo, unsigned s)
+{
+	uint64_t low_bits = lo.hi & ((UINT64_C(1) << s) - 1);
+	return (lo.hi >> s) + ((low_bits | lo.lo) != 0);
+}
+
+static uint64_t entry_to(shardmap_hash hi, unsigned s)
+{
+	uint64_t mask = (UINT64_C(1) << s) - 1;
+	return (hi.hi >> s) + ((hi.hi & mask) == mask && hi.lo == UINT64_MAX);
+}
+
+/* Point every entry whose hashes all lie in [lo, hi], the range of nd (at level), at the
+ * deepest node holding all its hashes: the children of nd take the entries that lie wholly
+ * in their ranges, nd the rest (those that straddle a separator). A search from that node
+ * meets the nodes the search from the root would meet below it, since the nodes of one
+ * level partition the hash space by the same separators. Each entry is written once. */
+static void jump_fill(uintptr_t *jump, unsigned s, const struct bt_node *nd, unsigned level,
+		      shardmap_hash lo, shardmap_hash hi)
+{
+	uint64_t e = entry_from(lo, s), end = entry_to(hi, s);
+	for (unsigned i = 0; level > 1 && i < nd->n; i++) {
+		shardmap_hash clo = i == 0 ? lo : node_key(nd, i), chi = hi;
+		if (i + 1 < nd->n) { /* one below the next separator (never 0: it is exact) */
+			chi = node_key(nd, i + 1);
+			chi.hi -= chi.lo == 0;
+			chi.lo--;
+		}
+		uint64_t ce = entry_from(clo, s), cend = entry_to(chi, s);
+		if (ce >= cend)
+			continue;
+		for (; e < ce; e++)
+			jump[e] = (uintptr_t)nd | level;
+		jump_fill(jump, s, child(nd, i), level - 1, clo, chi);
+		e = cend;
+	}
+	for (; e < end; e++)
+		jump[e] = (uintptr_t)nd | level;
+}
+
+/* The table's shift for a tree of count values: about 4 values an entry, 2^6 to 2^10
+ * entries (SHARDMAP__BTREE_JUMP_MAX_COUNT / 4). */
+static unsigned jump_shift_for(size_t count)
+{
+	unsigned bits = 6;
+	while (bits < 10 && ((size_t)1 << bits) < count / 4)
+		bits++;
+	return 64 - bits;
+}
+
+static void jump_make(uintptr_t *jump, unsigned s, const struct shardmap__btree *tree)
+{
+	const shardmap_hash all = {UINT64_MAX, UINT64_MAX};
+	jump_fill(jump, s, tree->root, tree->height, key_min, all);
+}
+
+int shardmap__btree_seal(struct shardmap__txn *t, struct shardmap__btree *tree)
+{
+	if (tree->jump != NULL || tree->height < SHARDMAP__BTREE_JUMP_MIN_HEIGHT ||
+	    tree->count > SHARDMAP__BTREE_JUMP_MAX_COUNT)
+		return 0;
+	unsigned s = jump_shift_for(tree->count);
+	uintptr_t *jump = shardmap__txn_alloc(t, sizeof *jump << (64 - s));
+	if (jump == NULL)
+		return SHARDMAP_ENOMEM;
+	jump_make(jump, s, tree);
+	tree->jump_shift = s;
+	tree->jump = jump;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ put */
 
 int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree, shardmap_hash start,
@@ -502,7 +628,7 @@ int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree, s
 	struct bt_copies c;
 	struct bt_node *fresh[BT_MAX_HEIGHT + 1];
 
-	if (tree->root == NULL) {
+	if (tree->root == NULL) { /* (an empty tree has no jump table) */
 		struct bt_node *leaf = node_new(t, 1);
 		if (leaf == NULL)
 			return SHARDMAP_ENOMEM;
@@ -529,6 +655,9 @@ int shardmap__btree_put(struct shardmap__txn *t, struct shardmap__btree *tree, s
 	for (unsigned s = 0; s < splits + (splits == p.height); s++)
 		if ((fresh[s] = node_new(t, s == 0)) == NULL)
 			return SHARDMAP_ENOMEM;
+	if (retire_jump(t, tree) != 0)
+		return SHARDMAP_ENOMEM;
+	tree->jump = NULL;
 
 	link_path(tree, &p, &c);
 	if (found) {
@@ -694,8 +823,11 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree, s
 			return SHARDMAP_ENOMEM;
 		shrink = 1;
 	}
+	if (retire_jump(t, tree) != 0)
+		return SHARDMAP_ENOMEM;
 
 	/* From here on nothing fails. */
+	tree->jump = NULL;
 	link_path(tree, &p, &c);
 	struct bt_node *x = p.node[leaf];
 	if (old != NULL)
@@ -839,6 +971,8 @@ void shardmap__btree_free_nodes(struct shardmap__mem *mem, struct shardmap__btre
 {
 	if (t->root != NULL)
 		free_rec(mem, t->root);
+	shardmap__free(mem, (void *)t->jump);
+	t->jump = NULL;
 	t->root = NULL;
 	t->height = 0;
 	t->count = 0;
@@ -897,12 +1031,28 @@ static int check_rec(const struct bt_node *nd, unsigned levels, int is_root, int
 	return 0;
 }
 
+/* The jump table is what shardmap__btree_seal makes of the tree as it is now. */
+static int check_jump(const struct shardmap__btree *t)
+{
+	BT_CHECK(t->height >= SHARDMAP__BTREE_JUMP_MIN_HEIGHT &&
+		 t->count <= SHARDMAP__BTREE_JUMP_MAX_COUNT);
+	BT_CHECK(t->jump_shift == jump_shift_for(t->count));
+	size_t n = (size_t)1 << (64 - t->jump_shift);
+	uintptr_t *want = malloc(n * sizeof *want);
+	BT_CHECK(want != NULL);
+	jump_make(want, t->jump_shift, t);
+	int same = memcmp(want, t->jump, n * sizeof *want) == 0;
+	free(want);
+	BT_CHECK(same);
+	return 0;
+}
+
 int shardmap__btree_check(const struct shardmap__btree *t)
 {
 	struct bt_check c = {0, {0, 0}, 0};
 	shardmap_hash min;
 	if (t->root == NULL) {
-		BT_CHECK(t->height == 0 && t->count == 0);
+		BT_CHECK(t->height == 0 && t->count == 0 && t->jump == NULL);
 		return 0;
 	}
 	BT_CHECK(t->height > 0 && t->height <= BT_MAX_HEIGHT);
@@ -910,5 +1060,5 @@ int shardmap__btree_check(const struct shardmap__btree *t)
 	if (rc != 0)
 		return rc;
 	BT_CHECK(c.count == t->count);
-	return 0;
+	return t->jump ? check_jump(t) : 0;
 }

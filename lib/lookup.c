@@ -68,18 +68,26 @@ int shardmap__route_answer(const struct shardmap__version *v, const struct shard
 static const struct shardmap__cell *owner_of(shardmap_reader *r, const struct shardmap__version *v,
 					     const struct shardmap__shard *sh)
 {
-	struct shardmap__memo_cell *set = r->memo.cell[sh->cell_hash % SHARDMAP__MEMO_SETS];
-	for (int w = 0; w < SHARDMAP__MEMO_WAYS; w++)
-		if (set[w].id_hash == sh->cell_hash && set[w].cell != NULL)
-			return set[w].cell;
+	struct shardmap__memo_set *set = &r->memo.set[sh->cell_hash % SHARDMAP__MEMO_SETS];
+	unsigned hit = 0;
+	for (unsigned w = 0; w < SHARDMAP__MEMO_WAYS; w++)
+		hit |= (unsigned)(set->id_hash[w] == sh->cell_hash) << w;
+	if (__builtin_expect(hit != 0, 1)) {
+		const struct shardmap__cell *c = set->cell[__builtin_ctz(hit)];
+		if (c != NULL)
+			return c;
+	}
 	int alone;
 	const struct shardmap__cell_ent *e =
 	    shardmap__hamt_get_alone(&v->cells, sh->cell_hash, sh->owner_cell, &alone);
 	if (e == NULL)
 		return NULL;
 	if (alone) {
-		memmove(set + 1, set, (SHARDMAP__MEMO_WAYS - 1) * sizeof *set);
-		set[0] = (struct shardmap__memo_cell){sh->cell_hash, e->cell};
+		const size_t keep = SHARDMAP__MEMO_WAYS - 1;
+		memmove(set->id_hash + 1, set->id_hash, keep * sizeof set->id_hash[0]);
+		memmove(set->cell + 1, set->cell, keep * sizeof set->cell[0]);
+		set->id_hash[0] = sh->cell_hash;
+		set->cell[0] = e->cell;
 	}
 	return e->cell;
 }

@@ -69,10 +69,14 @@ struct shardmap {
 struct shardmap__memo {
 	uint64_t seq; /* 0: empty (publish_seq starts at 1) */
 	const struct shardmap__stream *stream; /* NULL: none */
-	struct shardmap__memo_cell {
-		uint64_t id_hash;
-		const struct shardmap__cell *cell; /* NULL: empty; else the only cell of id_hash */
-	} cell[SHARDMAP__MEMO_SETS][SHARDMAP__MEMO_WAYS];
+	/* A set is one cache line: the ways' id hashes together, so a probe compares all four
+	 * at once and branches only on a miss (cells that share a set would otherwise make the
+	 * way a lookup stops at unpredictable). */
+	struct shardmap__memo_set {
+		uint64_t id_hash[SHARDMAP__MEMO_WAYS];
+		const struct shardmap__cell *cell[SHARDMAP__MEMO_WAYS]; /* NULL: empty; else the
+									   only cell of id_hash */
+	} set[SHARDMAP__MEMO_SETS] CK_CC_CACHELINE;
 };
 
 struct shardmap_reader {

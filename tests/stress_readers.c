@@ -29,6 +29,7 @@
 #define STREAM	    "s"
 #define MAX_OPEN    512
 #define MIN_OPEN    8
+#define START_OPEN  320 /* three B+-tree levels: lookups start from the jump table */
 #define CLOSED_KEPT 256
 
 static const shardmap_hash MAXH = {UINT64_MAX, UINT64_MAX};
@@ -333,11 +334,12 @@ static void setup(struct writer *w)
 	shardmap_error why;
 	must(shardmap_apply(map, d, &why), why.message);
 	shardmap_delta_free(d);
-	must(shardmap_plan_create_stream(map, STREAM, SHARDMAP_HASH_XXH3, 64, cells, CELLS, &d),
+	must(shardmap_plan_create_stream(map, STREAM, SHARDMAP_HASH_XXH3, START_OPEN, cells, CELLS,
+					 &d),
 	     "plan_create_stream");
 	must(shardmap_apply(map, d, &why), why.message);
 	shardmap_delta_free(d);
-	w->open = 64;
+	w->open = START_OPEN;
 	must(shardmap_reader_open(map, &w->r), "reader_open");
 }
 

@@ -203,6 +203,34 @@ static void check_probe(const struct shardmap__btree *t, const struct ref *r, sh
 		cr_assert(eq(got, r->k[below - 1]));
 }
 
+/* shardmap__btree_find_batch agrees with the reference on batches of every size, of keys,
+ * their neighbours and random hashes mixed (so walks that start at different levels of the
+ * jump table go down together), with both node searches. */
+static void check_batches(const struct shardmap__btree *t, const struct ref *r, uint64_t *s)
+{
+	shardmap_hash hs[SHARDMAP__BTREE_BATCH];
+	const void *got[SHARDMAP__BTREE_BATCH];
+	for (size_t n = 0; n <= SHARDMAP__BTREE_BATCH; n += 1 + n / 4) {
+		for (size_t i = 0; i < n; i++) {
+			uint64_t pick = rng_next(s);
+			hs[i] = r->n == 0 || pick % 3 == 0 ? rand_key(s) : r->k[pick % r->n];
+			if (pick % 3 == 1 && !eq(hs[i], hash_max))
+				hs[i] = hplus(hs[i], 1);
+		}
+		for (int simd = 0; simd <= 1; simd++) {
+			shardmap__btree_use_simd(simd);
+			memset(got, 0x5a, sizeof got);
+			shardmap__btree_find_batch(t, hs, n, got);
+			for (size_t i = 0; i < n; i++) {
+				size_t rank = ref_rank(r, hs[i]);
+				cr_assert_eq(got[i], rank ? r->v[rank - 1] : NULL,
+					     "batch of %zu, key %zu, simd %d", n, i, simd);
+			}
+		}
+	}
+	shardmap__btree_use_simd(1);
+}
+
 static void check_tree(const struct shardmap__btree *t, const struct ref *r, uint64_t *s,
 		       int probes)
 {
@@ -223,6 +251,7 @@ static void check_tree(const struct shardmap__btree *t, const struct ref *r, uin
 		check_probe(t, r, rand_key(s));
 	check_probe(t, r, (shardmap_hash){0, 0});
 	check_probe(t, r, hash_max);
+	check_batches(t, r, s);
 }
 
 static const void *value_of(uint64_t serial)
@@ -314,7 +343,7 @@ Test(btree, random_batches_against_reference)
 	struct shardmap__btree committed = {0};
 	struct ref ref = {0};
 	uint64_t s = 12345, serial = 0;
-	int commits = 0, aborts = 0;
+	int commits = 0, aborts = 0, sealed = 0;
 	long total_ops = 0;
 
 	for (int batch = 0; batch < 300; batch++) {
@@ -363,6 +392,12 @@ Test(btree, random_batches_against_reference)
 				cr_assert_eq(old, want);
 			}
 		}
+		/* Most batches end as apply ends them: sealed, with a jump table from 3 levels. */
+		if (rng_next(&s) % 4 != 0) {
+			cr_assert_eq(shardmap__btree_seal(&tx, &work), 0);
+			cr_assert_eq(work.jump != NULL, work.height >= SHARDMAP__BTREE_JUMP_MIN_HEIGHT);
+			sealed += work.jump != NULL;
+		}
 		check_tree(&work, &wref, &s, 50);
 
 		if (rng_next(&s) % 4 != 0) {
@@ -385,6 +420,7 @@ Test(btree, random_batches_against_reference)
 		}
 	}
 	cr_assert(commits > 100 && aborts > 30);
+	cr_assert(sealed > 100, "only %d batches ended with a jump table", sealed);
 	cr_assert(total_ops > 20000);
 	fx_fini(&f, &committed);
 	ref_free(&ref);
@@ -908,4 +944,117 @@ Test(btree, bulk_build_out_of_memory)
 	free(items);
 	fx_fini(&f, &t);
 	ref_free(&r);
+}
+
+/* n evenly spaced keys (the shape of a stream Kinesis splits evenly), in a committed tree. */
+static void build_even(struct fixture *f, struct shardmap__btree *t, struct ref *r, size_t n,
+		       uint64_t *serial)
+{
+	shardmap_hash *keys = malloc(n * sizeof *keys);
+	cr_assert_not_null(keys);
+	for (size_t i = 0; i < n; i++)
+		keys[i] = (shardmap_hash){(UINT64_MAX / n + 1) * i, 0}; /* exact for n = 2^k */
+	build(f, t, r, keys, n, serial);
+	free(keys);
+}
+
+Test(btree, jump_table_follows_the_tree)
+{
+	struct fixture f;
+	fx_init(&f);
+	struct shardmap__btree t = {0};
+	struct ref r = {0};
+	uint64_t s = 77, serial = 0;
+	struct shardmap__txn tx;
+
+	/* Two levels: sealing makes nothing. */
+	build_even(&f, &t, &r, 200, &serial);
+	cr_assert_eq(t.height, 2);
+	shardmap__txn_init(&tx, &f.mem);
+	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
+	cr_assert_null(t.jump);
+	shardmap__txn_abort(&tx);
+	shardmap__btree_free_nodes(&f.mem, &t);
+	ref_free(&r);
+	r = (struct ref){0};
+
+	/* Past SHARDMAP__BTREE_JUMP_MAX_COUNT values: nothing either. */
+	build_even(&f, &t, &r, 2 * SHARDMAP__BTREE_JUMP_MAX_COUNT, &serial);
+	shardmap__txn_init(&tx, &f.mem);
+	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
+	cr_assert_null(t.jump);
+	shardmap__txn_abort(&tx);
+	shardmap__btree_free_nodes(&f.mem, &t);
+	ref_free(&r);
+	r = (struct ref){0};
+
+	/* Three levels of evenly spaced keys: 2^8 entries, each a leaf. */
+	build_even(&f, &t, &r, 1024, &serial);
+	cr_assert_eq(t.height, 3);
+	long live = shardmap__mem_live();
+	shardmap__txn_init(&tx, &f.mem);
+	shardmap__mem_fail_after(1);
+	cr_assert_eq(shardmap__btree_seal(&tx, &t), SHARDMAP_ENOMEM);
+	shardmap__mem_fail_after(0);
+	cr_assert_null(t.jump, "a failed seal leaves the tree as it was");
+	shardmap__txn_abort(&tx);
+	cr_assert_eq(shardmap__mem_live(), live);
+	shardmap__txn_init(&tx, &f.mem);
+	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
+	commit_and_reclaim(&f, &tx);
+	cr_assert_not_null(t.jump);
+	cr_assert_eq(t.jump_shift, 64 - 8);
+	for (size_t e = 0; e < 256; e++)
+		cr_assert_eq(t.jump[e] & 63, 1, "entry %zu is a leaf", e);
+	check_tree(&t, &r, &s, 200);
+
+	/* The checker catches a table that no longer matches. */
+	uintptr_t *jump = (uintptr_t *)t.jump, saved = jump[7];
+	jump[7] = jump[200];
+	cr_assert_neq(shardmap__btree_check(&t), 0);
+	jump[7] = saved;
+	cr_assert_eq(shardmap__btree_check(&t), 0);
+
+	/* A put that fails keeps the table; one that succeeds drops it (retired: the committed
+	 * tree still answers through it until the retired list is freed). */
+	struct shardmap__btree work;
+	shardmap_hash k = {UINT64_MAX / 3, 12345};
+	for (long n = 1;; n++) {
+		work = t;
+		shardmap__txn_init(&tx, &f.mem);
+		shardmap__mem_fail_after(n);
+		int rc = shardmap__btree_put(&tx, &work, k, value_of(serial), NULL);
+		shardmap__mem_fail_after(0);
+		if (rc == 0)
+			break;
+		cr_assert_eq(rc, SHARDMAP_ENOMEM);
+		cr_assert_eq(work.jump, t.jump);
+		shardmap__txn_abort(&tx);
+	}
+	cr_assert_null(work.jump);
+	struct ref wref;
+	ref_copy(&wref, &r);
+	ref_put(&wref, k, value_of(serial++));
+	check_tree(&work, &wref, &s, 50);
+	cr_assert_eq(shardmap__btree_seal(&tx, &work), 0);
+	check_tree(&work, &wref, &s, 50);
+	struct shardmap__ptrvec retired;
+	shardmap__txn_commit(&tx, &retired);
+	check_tree(&t, &r, &s, 50);
+	shardmap__ptrvec_free_all(&f.mem, &retired);
+
+	/* Deleting keys of one leaf until it merges: the table follows again. */
+	shardmap__txn_init(&tx, &f.mem);
+	for (int i = 0; i < 12; i++) {
+		shardmap_hash d = wref.k[100 + i];
+		ref_del(&wref, d);
+		cr_assert_eq(shardmap__btree_del(&tx, &work, d, NULL), 0);
+		cr_assert_null(work.jump);
+	}
+	cr_assert_eq(shardmap__btree_seal(&tx, &work), 0);
+	commit_and_reclaim(&f, &tx);
+	check_tree(&work, &wref, &s, 50);
+	fx_fini(&f, &work);
+	ref_free(&r);
+	ref_free(&wref);
 }

@@ -413,6 +413,17 @@ Test(lookup, route_keys_takes_explicit_hashes)
 	shardmap_reader_close(r);
 }
 
+/* The published tree of stream has a jump table, and it is the one its nodes call for. */
+static void check_jump_table(shardmap *map, const char *stream)
+{
+	const struct shardmap__version *v = shardmap__pin(map);
+	const struct shardmap__stream *st = shardmap__version_stream(v, stream);
+	cr_assert_not_null(st);
+	cr_assert_not_null(st->open.jump, "a tree of %u levels is sealed", st->open.height);
+	cr_assert_eq(shardmap__btree_check(&st->open), 0);
+	shardmap__unpin(map);
+}
+
 Test(big, route_keys_on_a_tall_tree)
 {
 	/* 70,000 shards: a B+-tree of five levels, so the batched walk descends through inner
@@ -432,6 +443,21 @@ Test(big, route_keys_on_a_tall_tree)
 	cr_assert_eq(shardmap_apply(big, d, NULL), 0);
 	shardmap_delta_free(d);
 	check_batch(big, "s");
+
+	/* 4,000 shards: three levels under a jump table, which the next version's table
+	 * replaces when a split changes a leaf. */
+	cr_assert_eq(shardmap_plan_create_stream(big, "j", SHARDMAP_HASH_XXH3, 4000, owners, 3, &d),
+		     0);
+	cr_assert_eq(shardmap_apply(big, d, NULL), 0);
+	shardmap_delta_free(d);
+	check_jump_table(big, "j");
+	check_batch(big, "j");
+	shardmap_hash mid = {UINT64_MAX / 4000 / 2, 0};
+	cr_assert_eq(shardmap_plan_split(big, "j", "shardId-000000000000", mid, &d), 0);
+	cr_assert_eq(shardmap_apply(big, d, NULL), 0);
+	shardmap_delta_free(d);
+	check_jump_table(big, "j");
+	check_batch(big, "j");
 	shardmap_close(big);
 }
 
