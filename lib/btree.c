@@ -229,10 +229,10 @@ static inline void prefetch_node(const struct bt_node *nd)
 	__builtin_prefetch(&nd->ptr[BT_WAY / 2]);
 }
 
-/* The batched descent (shardmap__btree_find_batch): one level of every walk at a time, each
- * walk joining in at the level its jump entry starts it (usually all at one level). The
- * values are prefetched too: the caller reads each one next (a shard record; 128 bytes cover
- * what a route reads of it wherever it starts within a line). */
+/* The batched descent (shardmap__btree_find_batch): one level of every walk at a time. With a
+ * jump table each walk joins in at the level its entry starts it (usually all at one level).
+ * The values are prefetched too: the caller reads each one next (a shard record; 128 bytes
+ * cover what a route reads of it wherever it starts within a line). */
 #define BT_DEFINE_FIND_BATCH(name, rank, attr)                                                     \
 	attr static void name(const struct shardmap__btree *t, const shardmap_hash *hs, size_t n,  \
 			      const void **values)                                                 \
@@ -245,20 +245,30 @@ static inline void prefetch_node(const struct bt_node *nd)
 				values[i] = NULL;                                                  \
 			return;                                                                    \
 		}                                                                                  \
-		for (size_t i = 0; i < n; i++) {                                                   \
-			unsigned level;                                                            \
-			walk_start(t, hs[i], &nd[i], &level);                                      \
-			prefetch_node(nd[i]);                                                      \
-			lv[i] = (unsigned char)level;                                              \
-			top = level > top ? level : top;                                           \
-		}                                                                                  \
-		for (unsigned level = top; level > 1; level--)                                     \
+		if (t->jump == NULL) { /* all from the root, each next node prefetched */          \
+			for (size_t i = 0; i < n; i++)                                             \
+				nd[i] = t->root;                                                   \
+			for (unsigned level = t->height; level > 1; level--)                       \
+				for (size_t i = 0; i < n; i++) {                                   \
+					nd[i] = nd[i]->ptr[rank(nd[i], hs[i]) - 1];                \
+					prefetch_node(nd[i]);                                      \
+				}                                                                  \
+		} else { /* from the entries' nodes (prefetched too: a 4,096-value tree is in L2) */\
 			for (size_t i = 0; i < n; i++) {                                           \
-				if (lv[i] < level)                                                 \
-					continue;                                                  \
-				nd[i] = nd[i]->ptr[rank(nd[i], hs[i]) - 1];                        \
+				unsigned level;                                                    \
+				walk_start(t, hs[i], &nd[i], &level);                              \
 				prefetch_node(nd[i]);                                              \
+				lv[i] = (unsigned char)level;                                      \
+				top = level > top ? level : top;                                   \
 			}                                                                          \
+			for (unsigned level = top; level > 1; level--)                             \
+				for (size_t i = 0; i < n; i++) {                                   \
+					if (lv[i] < level)                                         \
+						continue;                                          \
+					nd[i] = nd[i]->ptr[rank(nd[i], hs[i]) - 1];                \
+					prefetch_node(nd[i]);                                      \
+				}                                                                  \
+		}                                                                                  \
 		for (size_t i = 0; i < n; i++) {                                                   \
 			size_t c = rank(nd[i], hs[i]);                                             \
 			values[i] = c ? nd[i]->ptr[c - 1] : NULL;                                  \
