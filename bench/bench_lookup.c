@@ -30,6 +30,7 @@
  * ratios. ns/lookup is reader-thread time per lookup. See bench/RESULTS.md.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 
@@ -354,6 +355,7 @@ struct reader {
 	struct shape *s;
 	enum variant var;
 	size_t first_key; /* where this thread starts in the key pool */
+	int cpu;	  /* the CPU it runs on (pin_to_cpu), -1: anywhere */
 	uint64_t duration_ns;
 	pthread_barrier_t *go;
 	shardmap_reader *r;
@@ -475,12 +477,38 @@ static uint64_t run_chunk(struct reader *rd, size_t i0)
 	return sum;
 }
 
+/* The CPU reader number t runs on: the (t + 1)-th the process may use, counting round.
+ * Readers stay on one CPU each, so a measurement does not depend on where the scheduler
+ * happens to put (and move) them: every variant gets the same placement. -1 if unknown. */
+static int reader_cpu(unsigned t)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) == 0)
+		return -1;
+	int want = (int)(t + 1) % CPU_COUNT(&set);
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, &set) && want-- == 0)
+			return cpu;
+	return -1;
+}
+
+static void pin_to_cpu(int cpu)
+{
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	(void)pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort */
+}
+
 static void *reader_main(void *arg)
 {
 	struct reader *rd = arg;
 	size_t n_keys = rd->s->keys.n, i = rd->first_key;
 	uint64_t lookups = 0, sum = 0;
 
+	pin_to_cpu(rd->cpu);
 	if (variant_is_shardmap(rd->var))
 		bench_check_rc(shardmap_reader_open(rd->s->bm.m, &rd->r), "reader_open");
 	pthread_barrier_wait(rd->go);
@@ -732,6 +760,7 @@ static struct sample measure(struct shape *s, enum variant var, const struct con
 		rd[t].go = &go;
 		/* different places in the key pool, CHUNK-aligned */
 		rd[t].first_key = (size_t)bench_rand_below(rng, s->keys.n / CHUNK) * CHUNK;
+		rd[t].cpu = reader_cpu(t);
 		if (pthread_create(&rt[t], NULL, reader_main, &rd[t]) != 0)
 			bench_die("pthread_create");
 	}
@@ -933,10 +962,20 @@ static void report_variant_targets(json_t *doc, const struct target_inputs *t, e
 
 static void report_targets(json_t *doc, const struct target_inputs *t)
 {
-	unsigned c1 = cfg_index(1, 0), c2w = cfg_index(2, 1);
+	unsigned c1 = cfg_index(1, 0), c2 = cfg_index(2, 0), c2w = cfg_index(2, 1);
 	printf("\ntargets (1 reader, no writer unless stated; medians of per-run ratios):\n");
 	report_variant_targets(doc, t, V_PER64);
 	report_variant_targets(doc, t, V_BATCH);
+	/* What the 2r+w target allows at all on this machine in this run: the throughput of the
+	 * raw lookup (no synchronisation, no writer: as fast as a lookup gets) against the
+	 * rwlock map's. Whether the rwlock's lock word bounces between cores or stays in one
+	 * core's cache (two vCPUs on one core) moves it between ~2.5x and ~6x. */
+	double ceiling =
+	    t->r1024 ? speedup_of(&t->r1024->c[c2][V_RAW], &t->r1024->c[c2w][V_RWLOCK]) : -1;
+	printf("  info  1x1024, 2 readers: raw (no writer) / rwlock + writer (thrpt) %.2fx: the "
+	       "most any lookup could reach in this run\n",
+	       ceiling);
+	bench_json_num(doc, "ceiling_1x1024_2rw_raw_vs_rwlock", ceiling);
 	printf("  info  1x1024, 2 readers + writer, throughput against rwlock + same structure "
 	       "(the same work under a lock): section per lookup %.2fx, per 64 %.2fx\n",
 	       t->r1024 ? speedup_of(&t->r1024->c[c2w][V_EACH], &t->r1024->c[c2w][V_RWSAME]) : -1,
