@@ -2,7 +2,8 @@
  * bench_apply.c - what publishing costs: batches per second and publish latency (p50, p99,
  * max) of shardmap_apply, on the map shapes of issue 2.
  *
- * Maps: 10,000 streams x 100 shards, and 1 stream x 65,536 shards. Batches:
+ * Maps: 10,000 streams x 100 shards, 1 stream x 65,536 shards, and 1 stream x 4,096 shards
+ * (the largest with a jump table to rebuild on every change). Batches:
  *   move1    one op: a shard moved to another cell (shardmap_plan_move);
  *   split3   three ops: a shard split at its midpoint, then (next batch) its two children
  *            merged back (shardmap_plan_split / shardmap_plan_merge, alternating);
@@ -27,7 +28,11 @@ struct shape_def {
 	unsigned streams, shards;
 };
 
-static const struct shape_def full_shapes[] = {{"10000x100", 10000, 100}, {"1x65536", 1, 65536}};
+/* 1x4096: the largest stream whose B+-tree carries a jump table, which every apply that
+ * changes the stream rebuilds (shardmap__btree_seal). */
+static const struct shape_def full_shapes[] = {
+    {"10000x100", 10000, 100}, {"1x65536", 1, 65536}, {"1x4096", 1, 4096}};
+#define MAX_SHAPES 3
 static const struct shape_def quick_shapes[] = {{"100x100", 100, 100}, {"1x4096", 1, 4096}};
 
 enum kind { K_MOVE1, K_SPLIT3, K_MOVE64, N_KINDS };
@@ -306,7 +311,10 @@ int main(int argc, char **argv)
 		bench_json_int(nb, kind_name[k], n_batches[k]);
 	json_object_set_new(doc, "batches_per_run", nb);
 
-	double p99_move1[2][MAX_READERS + 1] = {{-1, -1}, {-1, -1}};
+	double p99_move1[MAX_SHAPES][MAX_READERS + 1];
+	for (size_t si = 0; si < MAX_SHAPES; si++)
+		for (unsigned readers = 0; readers <= MAX_READERS; readers++)
+			p99_move1[si][readers] = -1;
 	for (size_t si = 0; si < n_defs; si++) {
 		const struct shape_def *def = &defs[si];
 		if (ao.only_shape && strcmp(ao.only_shape, def->name) != 0)
@@ -377,10 +385,8 @@ int main(int argc, char **argv)
 					    arr, json_real((double)c->run[r].p99_ns / 1e3));
 				json_object_set_new(j, "runs_p99_us", arr);
 				bench_json_result(doc, j);
-				if (k == K_MOVE1 && def->streams > 1)
-					p99_move1[0][readers] = p99;
-				else if (k == K_MOVE1)
-					p99_move1[1][readers] = p99;
+				if (k == K_MOVE1)
+					p99_move1[si][readers] = p99;
 			}
 		}
 		fflush(stdout);
@@ -389,7 +395,7 @@ int main(int argc, char **argv)
 	}
 
 	printf("\ntargets (medians over runs):\n");
-	for (int i = 0; i < 2; i++) {
+	for (size_t i = 0; i < n_defs; i++) {
 		for (unsigned readers = 0; readers <= MAX_READERS; readers++) {
 			char name[128];
 			snprintf(name, sizeof name, "%s: 1-op batch publish p99, %u reader%s",

@@ -591,7 +591,11 @@ static void jump_fill(uintptr_t *jump, unsigned s, const struct bt_node *nd, uns
 			continue;
 		for (; e < ce; e++)
 			jump[e] = (uintptr_t)nd | level;
-		jump_fill(jump, s, child(nd, i), level - 1, clo, chi);
+		if (level == 2) /* a leaf takes all its entries: no call needed */
+			for (; e < cend; e++)
+				jump[e] = (uintptr_t)child(nd, i) | 1;
+		else
+			jump_fill(jump, s, child(nd, i), level - 1, clo, chi);
 		e = cend;
 	}
 	for (; e < end; e++)

@@ -32,9 +32,10 @@ struct shardmap__btree {
  * sealed. It lets a search skip the levels above the nodes it points to: a 1,024-shard tree
  * goes from three node searches to one. Smaller trees would gain one level for a table of
  * 512 bytes or more. Larger ones get none because a seal rebuilds the whole table in time
- * that grows with the tree (measured: 2 us at 1,024 values, 7 us at 4,096, 12 us at 8,192,
- * against a one-op apply of about 7 us), and in their walks the cache misses of the lower
- * levels outweigh the top levels a table would skip; the batched walk overlaps those. */
+ * that grows with the tree (measured: 1 us at 1,024 values, 3.4 us at 4,096, against a
+ * one-op apply of about 7 us; bench_apply's 1x4096 shape shows it in an apply), and in their
+ * walks the cache misses of the lower levels outweigh the top levels a table would skip;
+ * the batched walk overlaps those. */
 #define SHARDMAP__BTREE_JUMP_MIN_HEIGHT 3
 #define SHARDMAP__BTREE_JUMP_MAX_COUNT	4096
 
