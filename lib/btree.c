@@ -30,8 +30,9 @@
  *
  * Jump table: a sealed tree of 3 levels or more (and at most 4,096 values) carries a table
  * from the top bits of a hash to the deepest node whose range holds all the hashes with those
- * bits, and searches start there. With about four values an entry, most entries name a leaf,
- * so a 1,024-shard lookup does one node search instead of three. Any change drops the table
+ * bits, and searches start there. With an entry per value, most entries name a leaf (even
+ * once splits and merges have left leaves half full), so a 1,024-shard lookup does one node
+ * search instead of three. Any change drops the table
  * (it names nodes the change replaces); apply seals each tree it changed when the batch is
  * done (shardmap__btree_seal rebuilds the table in one pass over the nodes).
  *
@@ -604,12 +605,15 @@ static void jump_fill(uintptr_t *jump, unsigned s, const struct bt_node *nd, uns
 		jump[e] = (uintptr_t)nd | level;
 }
 
-/* The table's shift for a tree of count values: about 4 values an entry, 2^6 to 2^10
- * entries (SHARDMAP__BTREE_JUMP_MAX_COUNT / 4). */
+/* The table's shift for a tree of count values: an entry per value, 2^6 to 2^12 entries
+ * (SHARDMAP__BTREE_JUMP_MAX_COUNT). Entries much narrower than a leaf keep most of them
+ * inside one leaf even after splits and merges have left leaves half full with their
+ * boundaries anywhere (with an entry per 4 values, a 1,024-shard stream that a writer had
+ * worked on sent three lookups in four through two nodes instead of one). */
 static unsigned jump_shift_for(size_t count)
 {
 	unsigned bits = 6;
-	while (bits < 10 && ((size_t)1 << bits) < count / 4)
+	while (bits < 12 && ((size_t)1 << bits) < count)
 		bits++;
 	return 64 - bits;
 }

@@ -75,8 +75,8 @@ int shardmap__btree_del(struct shardmap__txn *t, struct shardmap__btree *tree,
 /* Added by lookup: give a tree of SHARDMAP__BTREE_JUMP_MIN_HEIGHT levels or more and at most
  * SHARDMAP__BTREE_JUMP_MAX_COUNT values that has no jump table one, made by t. Call after a
  * transaction's last change to the tree, before it is published (put and del drop the
- * table again). The table has 2^b entries, b from 6 to 10 (about one entry per 4 values, at
- * most 8 KiB), and takes one pass over the nodes whose range holds a whole entry's hashes.
+ * table again). The table has 2^b entries, b from 6 to 12 (an entry per value, at most
+ * 32 KiB), and takes one pass over the nodes whose range holds a whole entry's hashes.
  * Returns 0 (also when nothing needs doing) or SHARDMAP_ENOMEM (tree unchanged).
  * Thread-safety: one writer. */
 int shardmap__btree_seal(struct shardmap__txn *t, struct shardmap__btree *tree);

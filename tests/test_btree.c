@@ -988,7 +988,7 @@ Test(btree, jump_table_follows_the_tree)
 	ref_free(&r);
 	r = (struct ref){0};
 
-	/* Three levels of evenly spaced keys: 2^8 entries, each a leaf. */
+	/* Three levels of evenly spaced keys: 2^10 entries, each a leaf. */
 	build_even(&f, &t, &r, 1024, &serial);
 	cr_assert_eq(t.height, 3);
 	long live = shardmap__mem_live();
@@ -1003,8 +1003,8 @@ Test(btree, jump_table_follows_the_tree)
 	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
 	commit_and_reclaim(&f, &tx);
 	cr_assert_not_null(t.jump);
-	cr_assert_eq(t.jump_shift, 64 - 8);
-	for (size_t e = 0; e < 256; e++)
+	cr_assert_eq(t.jump_shift, 64 - 10);
+	for (size_t e = 0; e < 1024; e++)
 		cr_assert_eq(t.jump[e] & 63, 1, "entry %zu is a leaf", e);
 	check_tree(&t, &r, &s, 200);
 
