@@ -241,8 +241,6 @@ static inline void prefetch_node(const struct bt_node *nd)
 			      const void **values)                                                 \
 	{                                                                                          \
 		const struct bt_node *nd[SHARDMAP__BTREE_BATCH];                                   \
-		unsigned char lv[SHARDMAP__BTREE_BATCH];                                           \
-		unsigned top = 0;                                                                  \
 		if (t->root == NULL) {                                                             \
 			for (size_t i = 0; i < n; i++)                                             \
 				values[i] = NULL;                                                  \
@@ -257,6 +255,8 @@ static inline void prefetch_node(const struct bt_node *nd)
 					prefetch_node(nd[i]);                                      \
 				}                                                                  \
 		} else { /* from the entries' nodes, prefetched too (L2 -> L1: measured faster) */ \
+			unsigned char lv[SHARDMAP__BTREE_BATCH];                                   \
+			unsigned top = 0;                                                          \
 			for (size_t i = 0; i < n; i++) {                                           \
 				unsigned level;                                                    \
 				walk_start(t, hs[i], &nd[i], &level);                              \

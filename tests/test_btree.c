@@ -958,6 +958,23 @@ static void build_even(struct fixture *f, struct shardmap__btree *t, struct ref 
 	free(keys);
 }
 
+/* Seal a tree of n evenly spaced keys: it gets no jump table. Returns the tree's height. */
+static unsigned seal_makes_nothing(struct fixture *f, size_t n, uint64_t *serial)
+{
+	struct shardmap__btree t = {0};
+	struct ref r = {0};
+	struct shardmap__txn tx;
+	build_even(f, &t, &r, n, serial);
+	shardmap__txn_init(&tx, &f->mem);
+	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
+	cr_assert_null(t.jump);
+	shardmap__txn_abort(&tx);
+	unsigned height = t.height;
+	shardmap__btree_free_nodes(&f->mem, &t);
+	ref_free(&r);
+	return height;
+}
+
 Test(btree, jump_table_follows_the_tree)
 {
 	struct fixture f;
@@ -967,26 +984,9 @@ Test(btree, jump_table_follows_the_tree)
 	uint64_t s = 77, serial = 0;
 	struct shardmap__txn tx;
 
-	/* Two levels: sealing makes nothing. */
-	build_even(&f, &t, &r, 200, &serial);
-	cr_assert_eq(t.height, 2);
-	shardmap__txn_init(&tx, &f.mem);
-	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
-	cr_assert_null(t.jump);
-	shardmap__txn_abort(&tx);
-	shardmap__btree_free_nodes(&f.mem, &t);
-	ref_free(&r);
-	r = (struct ref){0};
-
-	/* Past SHARDMAP__BTREE_JUMP_MAX_COUNT values: nothing either. */
-	build_even(&f, &t, &r, 2 * SHARDMAP__BTREE_JUMP_MAX_COUNT, &serial);
-	shardmap__txn_init(&tx, &f.mem);
-	cr_assert_eq(shardmap__btree_seal(&tx, &t), 0);
-	cr_assert_null(t.jump);
-	shardmap__txn_abort(&tx);
-	shardmap__btree_free_nodes(&f.mem, &t);
-	ref_free(&r);
-	r = (struct ref){0};
+	/* Two levels, and past SHARDMAP__BTREE_JUMP_MAX_COUNT values: sealing makes nothing. */
+	cr_assert_eq(seal_makes_nothing(&f, 200, &serial), 2);
+	seal_makes_nothing(&f, 2 * SHARDMAP__BTREE_JUMP_MAX_COUNT, &serial);
 
 	/* Three levels of evenly spaced keys: 2^10 entries, each a leaf. */
 	build_even(&f, &t, &r, 1024, &serial);

@@ -138,6 +138,14 @@ static void node_start(struct node *n, shardmap_pool *p, const shardmap_peers_op
 }
 
 /* A node at the common base version 1 (as if bootstrapped from the store). */
+/* The two-thread pool most tests run their nodes on. */
+static shardmap_pool *open_pool(void)
+{
+	shardmap_pool *p;
+	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	return p;
+}
+
 static void node_up(struct node *n, shardmap_pool *p, const shardmap_peers_options *o)
 {
 	node_open(n);
@@ -333,8 +341,7 @@ static int raw_closed(int fd)
 
 Test(peers, two_nodes_converge_both_ways)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	struct node n[2] = {0};
 	node_up(&n[0], p, NULL);
 	node_up(&n[1], p, NULL);
@@ -374,8 +381,7 @@ static int two_connected(void *arg)
  * announce at once, not at the next anti-entropy round (here: never, it is an hour away). */
 Test(peers, a_publish_announces_to_the_connections_it_did_not_push_to)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.fanout = 1;
@@ -419,8 +425,7 @@ Test(peers, a_publish_announces_to_the_connections_it_did_not_push_to)
 Test(peers, fifty_nodes_on_one_pool, .timeout = 240)
 {
 	enum { N = 50, DELTAS = 10 };
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	int threads = count_threads();
 	struct node *n = calloc(N, sizeof *n);
 	for (int i = 0; i < N; i++)
@@ -451,8 +456,7 @@ Test(peers, fifty_nodes_on_one_pool, .timeout = 240)
 
 Test(peers, threads_do_not_grow_with_known_peers)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	struct node a = {0}, b = {0};
 	node_up(&a, p, NULL);
 	node_up(&b, p, NULL);
@@ -527,8 +531,7 @@ Test(peers, hostile_frames_are_refused_and_counted, .timeout = 120)
 {
 	static const char key[] = "fleet secret";
 	static const char wrong[] = "not the secret";
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.interval_ms = 100;
@@ -724,8 +727,7 @@ Test(peers, hostile_frames_are_refused_and_counted, .timeout = 120)
 Test(peers, peer_killed_mid_stream, .timeout = 120)
 {
 	enum { N = 6 };
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	struct node n[N] = {0};
 	for (int i = 0; i < N; i++)
 		node_up(&n[i], p, NULL);
@@ -785,8 +787,7 @@ static int drops_reached(void *arg)
  * nothing blocks, and the node keeps converging with an honest peer. */
 Test(peers, peer_that_stops_reading, .timeout = 180)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.interval_ms = 100;
@@ -868,8 +869,7 @@ static int caught_up(void *arg)
 
 Test(peers, fell_behind_the_ring_goes_to_the_store, .timeout = 120)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.interval_ms = 50;
@@ -904,8 +904,7 @@ Test(peers, fell_behind_the_ring_goes_to_the_store, .timeout = 120)
 
 Test(peers, never_bootstraps_from_peers, .timeout = 60)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	struct node a = {0}, empty = {0};
 	node_up(&a, p, NULL);
 	node_open(&empty);
@@ -944,8 +943,7 @@ static int mismatch_seen(void *arg)
 
 Test(peers, same_version_different_content_is_noticed, .timeout = 60)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	struct node n[2] = {0};
 	node_up(&n[0], p, NULL);
 	node_up(&n[1], p, NULL);
@@ -985,8 +983,7 @@ static int inbound_refused(void *arg)
 
 Test(peers, inbound_connections_are_capped)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.max_inbound = 2;
@@ -1025,8 +1022,7 @@ static int handshake_timed_out(void *arg)
 /* A client that connects and says nothing loses its slot after the handshake deadline. */
 Test(peers, silent_client_is_dropped)
 {
-	shardmap_pool *p;
-	cr_assert_eq(shardmap_pool_open(2, &p), 0);
+	shardmap_pool *p = open_pool();
 	shardmap_peers_options o;
 	shardmap_peers_options_init(&o);
 	o.interval_ms = 50; /* handshake deadline: max(10 intervals, 1 s) */
